@@ -1,0 +1,69 @@
+#!/bin/sh
+# Sets lxss up on a Debian 12 machine (run as root) and, unless told `deps`,
+# runs a first command in the built-in busybox distribution.
+#
+#   ./setup.sh          install everything, then: lxss --install busybox; lxss -d busybox -- ...
+#   ./setup.sh deps     install everything, run nothing (used by ./test.sh and .ci/run)
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+mode=${1:-demo}
+venv="$here/.venv"
+
+die() { echo "setup.sh: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "run me as root (lxssd is a root service)"
+
+# Debian packages the service, the tests and the benchmarks use.
+packages="python3-venv busybox-static debootstrap uidmap e2fsprogs zstd xz-utils bzip2 gzip
+  tmux procps psmisc iproute2 iptables nftables util-linux hyperfine bubblewrap"
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "setup.sh: installing$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+# A virtual environment on Debian's interpreter for the development tools.
+# lxss itself needs only the standard library.
+stamp="$venv/.lxss-installed"
+want=$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python3" ]; then
+    /usr/bin/python3 -m venv "$venv"
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[dev,bench]"
+    echo "$want" > "$stamp"
+fi
+
+# Lean launchers: `-I -S` skips site-packages, which costs more than the whole
+# of lxss's own start-up (see bench/).
+for role in lxss:lxss.cli.main lxssd:lxss.service.main; do
+    name=${role%%:*}; module=${role#*:}
+    cat > "/usr/local/bin/$name.tmp" <<LAUNCHER
+#!$venv/bin/python3 -IS
+import sys
+sys.path.insert(0, "$here/src")
+from $module import main
+sys.exit(main())
+LAUNCHER
+    chmod 755 "/usr/local/bin/$name.tmp"
+    mv "/usr/local/bin/$name.tmp" "/usr/local/bin/$name"
+done
+
+# Machines with systemd get socket activation; others start lxssd on demand.
+if [ -d /run/systemd/system ]; then
+    sed "s#@LXSSD@#/usr/local/bin/lxssd#" "$here/data/systemd/lxssd.service" > /etc/systemd/system/lxssd.service
+    cp "$here/data/systemd/lxssd.socket" /etc/systemd/system/lxssd.socket
+    systemctl daemon-reload
+    systemctl enable --now lxssd.socket >/dev/null 2>&1 || true
+fi
+
+[ "$mode" = deps ] && exit 0
+
+if ! lxss --list --quiet 2>/dev/null | grep -qx busybox; then
+    lxss --install busybox
+fi
+echo "\$ lxss -d busybox -- 'echo Hello from \$(hostname) running \$(uname -sr); id'"
+exec lxss -d busybox -- 'echo Hello from $(hostname) running $(uname -sr); id'
