@@ -1,0 +1,315 @@
+"""The Varlink server: accepts connections, checks calls against the interface
+file, and dispatches them to a handler object's `Method` coroutines.
+
+Every client is untrusted: messages are size-bounded, a message left half-sent
+is dropped after a timeout, connections are capped per uid and in total, and a
+handler's unexpected exception becomes an InternalError reply (logged once)
+while the server keeps serving. The caller's identity is what the kernel says
+(SO_PEERCRED), never what the caller says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxss.api import errors, wire
+from lxss.api.interface import Interface, check_struct, parse_interface
+
+log = logging.getLogger(__name__)
+
+VARLINK_SERVICE = "org.varlink.service"
+_SERVICE_DESCRIPTION = """\
+interface org.varlink.service
+method GetInfo() -> (vendor: string, product: string, version: string, url: string,
+  interfaces: []string)
+method GetInterfaceDescription(interface: string) -> (description: string)
+error InterfaceNotFound (interface: string)
+error MethodNotFound (method: string)
+error MethodNotImplemented (method: string)
+error InvalidParameter (parameter: string)
+"""
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_uid_connections: int = 64
+    connections: int = 1024
+    first_message_timeout: float = 60.0
+    partial_message_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass
+class Call:
+    """One call being handled. The call owns the fds that came with it and closes
+    whatever the handler did not :meth:`take_fd`."""
+
+    method: str
+    parameters: dict[str, Any]
+    peer: Peer
+    connection: Connection
+    fds: list[int] = field(default_factory=list)
+
+    def take_fd(self, parameter: str) -> int | None:
+        """The fd named by *parameter* (an index into the fds); the caller owns it now."""
+        index = self.parameters.get(parameter)
+        if index is None:
+            return None
+        if not 0 <= index < len(self.fds) or self.fds[index] < 0:
+            raise errors.InvalidParameter(parameter=parameter)
+        fd = self.fds[index]
+        self.fds[index] = -1
+        return fd
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            if fd >= 0:
+                os.close(fd)
+        self.fds = []
+
+
+Handler = Callable[[Call], Awaitable[dict[str, Any]]]
+
+
+class Connection:
+    """One client connection; calls on it are handled in order."""
+
+    def __init__(self, server: VarlinkServer, sock: socket.socket, peer: Peer) -> None:
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self._buffer = wire.MessageBuffer()
+        self._close_callbacks: list[Callable[[], None]] = []
+        self.closed = False
+
+    def add_close_callback(self, callback: Callable[[], None]) -> None:
+        """Run *callback* when this connection closes (now, if it already has)."""
+        if self.closed:
+            callback()
+        else:
+            self._close_callbacks.append(callback)
+
+    def __repr__(self) -> str:
+        return f"<Connection uid={self.peer.uid} pid={self.peer.pid} closed={self.closed}>"
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            timeout = self.server.limits.first_message_timeout
+            while True:
+                message = self._buffer.pop()
+                if message is None:
+                    if not await self._receive(loop, timeout):
+                        return
+                    timeout = (
+                        self.server.limits.partial_message_timeout if self._buffer.pending else None
+                    )
+                    continue
+                frame, fds = message
+                if not await self._dispatch(frame, fds):
+                    return
+        except (wire.WireError, TimeoutError) as e:
+            log.info("uid %d pid %d: closing connection: %s", self.peer.uid, self.peer.pid, e)
+        except OSError as e:
+            if e.errno not in (errno.ECONNRESET, errno.EPIPE, errno.EBADF):
+                log.warning("uid %d: connection error: %s", self.peer.uid, e)
+        finally:
+            self.close()
+
+    async def _receive(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> bool:
+        """Read once into the buffer; False at end of stream."""
+        while True:
+            try:
+                data, ancdata, _flags, _ = self.sock.recvmsg(
+                    65536, socket.CMSG_SPACE(wire.MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+                )
+                break
+            except BlockingIOError:
+                await asyncio.wait_for(_readable(loop, self.sock), timeout)
+        fds = wire.fds_from_ancillary(ancdata, socket.SOL_SOCKET, socket.SCM_RIGHTS)
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return False
+        self._buffer.feed(data, fds)
+        return True
+
+    async def _dispatch(self, frame: bytes, fds: list[int]) -> bool:
+        call: Call | None = None
+        try:
+            request = wire.loads(frame)
+            method = request.get("method")
+            parameters = request.get("parameters", {})
+            if not isinstance(method, str) or not isinstance(parameters, dict):
+                raise wire.WireError("a call needs a method name and parameters")
+            call = Call(method, parameters, self.peer, self, fds)
+            fds = []
+            reply = await self.server.handle(call)
+        except wire.WireError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        except errors.VarlinkError as e:
+            reply = {"error": e.name, "parameters": e.parameters}
+        finally:
+            if call is not None:
+                call.close_fds()
+        if call is not None and request.get("oneway"):
+            return True
+        await asyncio.get_running_loop().sock_sendall(self.sock, wire.dumps(reply))
+        return True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._buffer.close()
+        self.server.forget(self)
+        self.sock.close()
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("connection close callback failed")
+
+
+def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    loop.add_reader(fd, ready)
+    future.add_done_callback(lambda _: loop.remove_reader(fd))
+    return future
+
+
+def peer_credentials(sock: socket.socket) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid)
+
+
+class VarlinkServer:
+    """Serves one interface (plus org.varlink.service) on a listening socket.
+
+    *handler* has one coroutine per method, named as the method
+    (`async def GetVersion(self, call) -> dict`).
+    """
+
+    def __init__(
+        self,
+        interface_text: str,
+        handler: object,
+        vendor: str,
+        product: str,
+        version: str,
+        limits: Limits | None = None,
+    ) -> None:
+        self.interface: Interface = parse_interface(interface_text)
+        self.handler = handler
+        self.info = {"vendor": vendor, "product": product, "version": version, "url": ""}
+        self.limits = limits or Limits()
+        self._connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._service_interface = parse_interface(_SERVICE_DESCRIPTION)
+
+    def connections_of(self, uid: int) -> int:
+        return sum(1 for c in self._connections if c.peer.uid == uid)
+
+    def forget(self, connection: Connection) -> None:
+        self._connections.discard(connection)
+
+    async def serve(self, listener: socket.socket) -> None:
+        """Accept until cancelled; the listener must be non-blocking."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                sock, _ = await loop.sock_accept(listener)
+                self._accept(sock)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            for connection in list(self._connections):
+                connection.close()
+
+    def _accept(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            peer = peer_credentials(sock)
+        except OSError:
+            sock.close()
+            return
+        if (
+            len(self._connections) >= self.limits.connections
+            or self.connections_of(peer.uid) >= self.limits.per_uid_connections
+        ):
+            log.warning("uid %d pid %d: too many connections, refusing", peer.uid, peer.pid)
+            with contextlib.suppress(OSError):
+                busy = errors.ServiceBusy(reason="too many connections")
+                sock.send(wire.dumps({"error": busy.name, "parameters": busy.parameters}))
+            sock.close()
+            return
+        connection = Connection(self, sock, peer)
+        self._connections.add(connection)
+        task = asyncio.get_running_loop().create_task(connection.serve())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle(self, call: Call) -> dict[str, Any]:
+        interface_name, _, method = call.method.rpartition(".")
+        if interface_name == VARLINK_SERVICE:
+            return {"parameters": self._varlink_service(method, call.parameters)}
+        if interface_name != self.interface.name:
+            raise errors.InterfaceNotFound(interface=interface_name)
+        spec = self.interface.methods.get(method)
+        implementation = getattr(self.handler, method, None)
+        if spec is None:
+            raise errors.MethodNotFound(method=call.method)
+        if implementation is None:
+            raise errors.MethodNotImplemented(method=call.method)
+        bad = check_struct(call.parameters, spec[0], self.interface)
+        if bad is not None:
+            raise errors.InvalidParameter(parameter=bad)
+        try:
+            result = await implementation(call)
+        except errors.VarlinkError:
+            raise
+        except Exception as e:
+            log.exception("uid %d: %s failed", call.peer.uid, call.method)
+            raise errors.InternalError(reason=f"{type(e).__name__}: {e}") from e
+        return {"parameters": result}
+
+    def _varlink_service(self, method: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        spec = self._service_interface.methods.get(method)
+        if spec is None:
+            raise errors.MethodNotFound(method=f"{VARLINK_SERVICE}.{method}")
+        bad = check_struct(parameters, spec[0], self._service_interface)
+        if bad is not None:
+            raise errors.InvalidParameter(parameter=bad)
+        if method == "GetInfo":
+            return {**self.info, "interfaces": [VARLINK_SERVICE, self.interface.name]}
+        name = parameters.get("interface")
+        if name == self.interface.name:
+            return {"description": self.interface.description}
+        if name == VARLINK_SERVICE:
+            return {"description": _SERVICE_DESCRIPTION}
+        raise errors.InterfaceNotFound(interface=str(name))

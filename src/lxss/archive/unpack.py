@@ -1,0 +1,273 @@
+"""Unpacking a tar stream into the current root directory.
+
+Runs in the archive worker after it has entered the owner's user namespace and
+chrooted into the new distribution's root, so "/" here *is* the distribution:
+no member name or link can reach outside, whatever it says. The checks below
+are about doing what tar users expect (and saying what was skipped), not about
+confinement, which the kernel already provides.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Final
+
+XATTR_PREFIX: Final = "SCHILY.xattr."
+# Space kept free on the target file system, so a hostile archive cannot fill it.
+SPACE_RESERVE: Final = 64 << 20
+COPY_CHUNK: Final = 1 << 20
+
+
+class UnpackError(Exception):
+    """The archive cannot be unpacked; the message says why, for the user."""
+
+
+@dataclass
+class UnpackReport:
+    warnings: list[str] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    skipped_devices: list[str] = field(default_factory=list)
+    unmapped_owners: list[str] = field(default_factory=list)
+    failed_xattrs: list[str] = field(default_factory=list)
+
+    def summary(self) -> list[str]:
+        """The warnings, with repeated kinds folded into one line each."""
+        lines = list(self.warnings)
+        for items, what in (
+            (self.skipped_devices, "device node(s) skipped (a distribution cannot create them)"),
+            (self.unmapped_owners, "file(s) kept as root: owner or group above 65535"),
+            (self.failed_xattrs, "extended attribute(s) not restored"),
+        ):
+            if items:
+                shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+                lines.append(f"{len(items)} {what}: {shown}")
+        return lines
+
+
+def member_path(name: str) -> str | None:
+    """The relative path a member lands at, or None when it names a parent directory.
+
+    Leading slashes and "./" are dropped (as GNU tar does); "." is the root itself.
+    """
+    parts = []
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            return None
+        parts.append(part)
+    return "/".join(parts) or "."
+
+
+def _free_bytes() -> int:
+    st = os.statvfs(".")
+    return st.f_bavail * st.f_frsize
+
+
+def _remove_existing(path: str, keep_dir: bool) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        if keep_dir:
+            return
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _ensure_parent(path: str) -> None:
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        os.makedirs(parent, 0o755, exist_ok=True)
+
+
+class Unpacker:
+    """Extracts members one by one into the current directory ("/" in the worker)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.report = UnpackReport()
+        self._deferred_dirs: list[tuple[str, tarfile.TarInfo]] = []
+        self._extracted: set[str] = set()
+
+    def run(self) -> UnpackReport:
+        try:
+            with tarfile.open(fileobj=self._stream, mode="r|", errorlevel=2) as archive:
+                for member in self._members(archive):
+                    self._extract(archive, member)
+        except tarfile.ReadError as e:
+            raise UnpackError(f"the archive is not a valid tar stream ({e})") from None
+        except EOFError as e:
+            raise UnpackError(f"the archive is truncated ({e})") from None
+        # Directories last, deepest first: writing into them would change their times.
+        for path, member in sorted(self._deferred_dirs, key=lambda item: item[0], reverse=True):
+            self._apply_metadata(path, member)
+        return self.report
+
+    def _members(self, archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+        while True:
+            try:
+                member = archive.next()
+            except tarfile.HeaderError as e:
+                raise UnpackError(f"the archive has a corrupt header ({e})") from None
+            if member is None:
+                return
+            yield member
+
+    def _extract(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        path = member_path(member.name)
+        if path is None:
+            self.report.warnings.append(f"skipped '{member.name}': path contains '..'")
+            return
+        if member.isdev():
+            self.report.skipped_devices.append(path)
+            return
+        if path != ".":
+            _ensure_parent(path)
+        if member.isdir():
+            if path != ".":
+                _remove_existing(path, keep_dir=True)
+                if not os.path.isdir(path):
+                    os.mkdir(path, 0o700)
+            self._deferred_dirs.append((path, member))
+            return
+        if path == ".":
+            self.report.warnings.append("skipped a non-directory member naming the root")
+            return
+        _remove_existing(path, keep_dir=False)
+        if member.isreg():
+            self._write_file(archive, member, path)
+        elif member.issym():
+            os.symlink(member.linkname, path)
+        elif member.islnk():
+            if not self._link(member, path):
+                return
+        elif member.isfifo():
+            os.mkfifo(path, 0o600)
+        else:
+            self.report.warnings.append(f"skipped '{member.name}': unsupported member type")
+            return
+        self.report.files += 1
+        self._extracted.add(path)
+        if not member.islnk():
+            self._apply_metadata(path, member)
+
+    def _link(self, member: tarfile.TarInfo, path: str) -> bool:
+        target = member_path(member.linkname)
+        if target is None or target == ".":
+            self.report.warnings.append(
+                f"skipped hard link '{member.name}': target '{member.linkname}' is outside"
+            )
+            return False
+        try:
+            os.link(target, path, follow_symlinks=False)
+        except FileNotFoundError:
+            self.report.warnings.append(
+                f"skipped hard link '{member.name}': target '{member.linkname}' is missing"
+            )
+            return False
+        return True
+
+    def _write_file(self, archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+        free = _free_bytes() - SPACE_RESERVE
+        if member.size > free:
+            raise UnpackError(
+                f"'{member.name}' is {member.size} bytes, more than the {max(free, 0)} bytes "
+                "free on the target file system"
+            )
+        source = archive.extractfile(member)
+        assert source is not None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        try:
+            sparse = member.sparse
+            if sparse:
+                for offset, size in sparse:
+                    os.lseek(fd, offset, os.SEEK_SET)
+                    self._copy(source, fd, size)
+                os.ftruncate(fd, member.size)
+            else:
+                self._copy(source, fd, member.size)
+        finally:
+            os.close(fd)
+        self.report.bytes += member.size
+
+    @staticmethod
+    def _copy(source: IO[bytes], fd: int, size: int) -> None:
+        remaining = size
+        while remaining:
+            chunk = source.read(min(COPY_CHUNK, remaining))
+            if not chunk:
+                raise UnpackError("the archive is truncated (a file ends early)")
+            view = memoryview(chunk)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            remaining -= len(chunk)
+
+    def _apply_metadata(self, path: str, member: tarfile.TarInfo) -> None:
+        try:
+            os.chown(path, member.uid, member.gid, follow_symlinks=False)
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EINVAL: the id is not mapped in our namespace
+                raise
+            self.report.unmapped_owners.append(path)
+        if not member.issym():
+            # After chown: chown clears set-user-ID and set-group-ID bits.
+            os.chmod(path, member.mode & 0o7777)
+        for key, value in member.pax_headers.items():
+            if key.startswith(XATTR_PREFIX):
+                name = key[len(XATTR_PREFIX) :]
+                try:
+                    os.setxattr(
+                        path,
+                        name,
+                        value.encode("utf-8", "surrogateescape"),
+                        follow_symlinks=False,
+                    )
+                except OSError:
+                    self.report.failed_xattrs.append(f"{path} ({name})")
+        try:
+            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+        except OSError:
+            pass  # e.g. a symlink on a file system without lutimes: times are cosmetic
+
+
+def read_os_release() -> dict[str, str]:
+    """ID and VERSION_ID (and friends) of the tree at "/", as os-release(5) defines them."""
+    for candidate in ("etc/os-release", "usr/lib/os-release"):
+        try:
+            with open(candidate, encoding="utf-8", errors="replace") as f:
+                text = f.read(1 << 16)
+        except OSError:
+            continue
+        return parse_os_release(text)
+    return {}
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def looks_like_linux() -> bool:
+    """WSL's test for a Linux distribution: an /etc directory or a /bin/sh."""
+    return os.path.isdir("etc") or os.path.lexists("bin/sh")

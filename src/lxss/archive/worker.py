@@ -1,0 +1,282 @@
+"""The archive worker: unpacks, packs and removes a distribution's tree with the
+owner's rights and no more.
+
+lxssd starts it with `spawn_mapped`; it enters the owner's user namespace
+(uid 0 inside = the owner outside, 1..65535 = the owner's subordinate ids),
+opens the distribution's directory *after* that (so the kernel checks the
+owner's rights, not root's), starts any (de)compressor, then chroots into the
+tree and works there. It reports one JSON object on stdout; exit status 0 means
+success, 1 a failure the report explains, anything else a crash (stderr).
+
+    unpack (--dir-fd FD | --base PATH)       archive on stdin; creates rootfs/
+    pack   --base PATH --out-fd FD --format F
+    remove --base PATH [--remove-base]
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from typing import IO, Any
+
+from lxss.archive import formats
+from lxss.archive.pack import Packer
+from lxss.archive.unpack import Unpacker, UnpackError, looks_like_linux, read_os_release
+from lxss.linux import userns
+
+ROOTFS = "rootfs"
+
+
+class WorkerError(Exception):
+    """A failure to report to the user (exit status 1)."""
+
+
+def _options(argv: list[str]) -> dict[str, str | bool]:
+    options: dict[str, str | bool] = {}
+    i = 0
+    while i < len(argv):
+        key = argv[i].removeprefix("--")
+        if key in ("remove-base",):
+            options[key] = True
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise WorkerError(f"--{key} needs a value")
+            options[key] = argv[i + 1]
+            i += 2
+    return options
+
+
+def _open_base(options: dict[str, str | bool]) -> int:
+    if "dir-fd" in options:
+        return int(str(options["dir-fd"]))
+    base = str(options["base"])
+    try:
+        return os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise WorkerError(f"cannot open {base}: {e.strerror}") from None
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream that yields *head* and then whatever is left on *fd*."""
+
+    def __init__(self, head: bytes, fd: int) -> None:
+        self._head = head
+        self._fd = fd
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = os.read(self._fd, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _feed(head: bytes, source: int, sink: int) -> None:
+    """Copy *head* then all of *source* into the pipe *sink* (splice: no copies through us)."""
+    try:
+        os.write(sink, head)
+        while True:
+            try:
+                moved = os.splice(source, sink, 1 << 20)
+            except OSError as e:
+                if e.errno != errno.EINVAL:  # EINVAL: source cannot splice; copy instead
+                    raise
+                data = os.read(source, 1 << 20)
+                moved = len(data)
+                if moved:
+                    os.write(sink, data)
+            if moved == 0:
+                break
+    except BrokenPipeError:
+        pass  # the decompressor stopped reading; it reports its own error
+    finally:
+        os.close(sink)
+
+
+class _Input:
+    """The archive on stdin, decompressed: a byte stream plus the decompressor, if any."""
+
+    def __init__(self) -> None:
+        head = b""
+        while len(head) < formats.TAR_BLOCK:
+            chunk = os.read(0, formats.TAR_BLOCK - len(head))
+            if not chunk:
+                break
+            head += chunk
+        kind = formats.detect(head)
+        if kind == "empty":
+            raise WorkerError("the archive is empty")
+        if kind == "unknown":
+            raise WorkerError("the file is not a tar archive (nor gzip, xz, zstd or bzip2 of one)")
+        self.kind = kind
+        self.process: subprocess.Popen[bytes] | None = None
+        seekable = stat.S_ISREG(os.fstat(0).st_mode)
+        if kind == "tar":
+            if seekable:
+                os.lseek(0, 0, os.SEEK_SET)
+                head = b""
+            self.stream: IO[bytes] = io.BufferedReader(_Prefixed(head, 0), 1 << 20)
+            return
+        command = formats.decompress_command(kind)
+        if seekable:
+            os.lseek(0, 0, os.SEEK_SET)
+            stdin: int = 0
+        else:
+            pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC)
+            threading.Thread(target=_feed, args=(head, 0, pipe_w), daemon=True).start()
+            stdin = pipe_r
+        self.process = subprocess.Popen(
+            command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        if stdin != 0:
+            os.close(stdin)
+        assert self.process.stdout is not None
+        self.stream = self.process.stdout
+
+    def finish(self) -> None:
+        """Drain and check the decompressor: a corrupt or truncated stream fails here."""
+        if self.process is None:
+            return
+        while self.stream.read(1 << 20):
+            pass
+        assert self.process.stderr is not None
+        error = self.process.stderr.read().decode(errors="replace").strip()
+        code = self.process.wait(timeout=60)
+        if code != 0:
+            raise WorkerError(f"the {self.kind} stream is corrupt: {error or f'exit {code}'}")
+
+    def abort(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def unpack(options: dict[str, str | bool]) -> dict[str, Any]:
+    base_fd = _open_base(options)
+    try:
+        os.fchdir(base_fd)
+    finally:
+        os.close(base_fd)  # an fd outside the chroot would be a way out of it
+    try:
+        os.mkdir(ROOTFS, 0o755)
+    except FileExistsError:
+        raise WorkerError("the install location already holds a distribution (rootfs/)") from None
+    except OSError as e:
+        raise WorkerError(f"cannot create the distribution's root: {e.strerror}") from None
+    os.chdir(ROOTFS)
+    source = _Input()
+    try:
+        os.chroot(".")
+        os.umask(0)
+        report = Unpacker(source.stream).run()
+        source.finish()
+    except UnpackError as e:
+        source.abort()
+        raise WorkerError(str(e)) from None
+    except BaseException:
+        source.abort()
+        raise
+    release = read_os_release()
+    return {
+        "warnings": report.summary(),
+        "files": report.files,
+        "bytes": report.bytes,
+        "osId": release.get("ID", ""),
+        "osVersionId": release.get("VERSION_ID", ""),
+        "isLinux": looks_like_linux(),
+    }
+
+
+def pack(options: dict[str, str | bool]) -> dict[str, Any]:
+    out_fd = int(str(options["out-fd"]))
+    base_fd = _open_base(options)
+    try:
+        os.fchdir(base_fd)
+    finally:
+        os.close(base_fd)
+    try:
+        os.chdir(ROOTFS)
+    except OSError as e:
+        raise WorkerError(f"the distribution's root is missing: {e.strerror}") from None
+    command = formats.compress_command(str(options["format"]))
+    process = None
+    if command is None:
+        out: IO[bytes] = open(out_fd, "wb", buffering=1 << 20)  # noqa: SIM115
+    else:
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out_fd)
+        os.close(out_fd)
+        assert process.stdin is not None
+        out = process.stdin
+    try:
+        os.chroot(".")
+        report = Packer(out).run()
+        out.close()
+    except BrokenPipeError:
+        raise WorkerError("the output was closed before the export finished") from None
+    finally:
+        if process is not None:
+            if process.stdin is not None and not process.stdin.closed:
+                process.stdin.close()
+            if process.wait(timeout=600) != 0:
+                raise WorkerError(f"{command and command[0]} failed (exit {process.returncode})")
+    return {"warnings": report.warnings, "files": report.files, "bytes": report.bytes}
+
+
+def remove(options: dict[str, str | bool]) -> dict[str, Any]:
+    base = str(options["base"])
+    try:
+        base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {"warnings": []}  # already gone: unregistering must still work
+    except OSError as e:
+        raise WorkerError(f"cannot open {base}: {e.strerror}") from None
+    warnings = []
+    try:
+        try:
+            shutil.rmtree(ROOTFS, dir_fd=base_fd)
+        except FileNotFoundError:
+            pass
+    except OSError as e:
+        raise WorkerError(f"cannot remove {base}/{ROOTFS}: {e.strerror}") from None
+    finally:
+        os.close(base_fd)
+    if options.get("remove-base"):
+        try:
+            os.rmdir(base)
+        except OSError as e:
+            warnings.append(f"left {base} in place: {e.strerror}")
+    return {"warnings": warnings}
+
+
+OPERATIONS = {"unpack": unpack, "pack": pack, "remove": remove}
+
+
+def main(argv: list[str]) -> int:
+    userns.die_with_parent()
+    if not argv or argv[0] not in OPERATIONS:
+        print(f"usage: worker {{{'|'.join(OPERATIONS)}}} ...", file=sys.stderr)
+        return 2
+    try:
+        options = _options(argv[1:])
+        userns.enter_user_namespace()
+        result = {"ok": True, **OPERATIONS[argv[0]](options)}
+        code = 0
+    except WorkerError as e:
+        result, code = {"ok": False, "error": str(e)}, 1
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return code

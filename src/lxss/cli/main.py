@@ -1,0 +1,131 @@
+"""The lxss command (WSL's wsl.exe).
+
+lxss's own failures print one line, `lxss: <what went wrong>`, on stderr and
+exit 255 (as ssh does), so that any other exit status is the Linux program's.
+A traceback appears only with --debug.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from lxss import __version__
+from lxss.api.errors import VarlinkError
+from lxss.cli.parse import Launch, Management, UsageError, parse
+
+FAILURE = 255
+
+USAGE = """\
+Usage: lxss [options] [--] [command ...]
+
+Run a program in a Linux distribution:
+  lxss [command ...]              run command with $SHELL -c in the default distribution,
+                                  or a login shell when no command is given
+  -d, --distribution NAME         use this distribution (name or GUID)
+  -u, --user USER                 run as this user
+  --cd DIR                        start in DIR (a path inside the distribution, or ~)
+  -e, --exec PROGRAM [ARGS ...]   run PROGRAM directly, without a shell
+  --shell-type standard|login|none
+  --                              everything after this is the command
+
+Manage distributions:
+  --install [busybox] [--name NAME] [--location DIR] [--version 1|2] [--no-launch]
+  --import NAME DIR FILE|- [--version 1|2]
+                                  register a distribution from a tar archive (tar, tar.gz,
+                                  tar.xz, tar.zst, .wsl), installed in DIR; - reads stdin
+  --export NAME FILE|- [--format tar|tar.gz|tar.xz|tar.zst]
+  --unregister NAME               stop and delete a distribution and its files
+  -l, --list [-v] [-q] [--running]
+  -s, --set-default NAME
+  --set-default-version 1|2
+  --manage NAME --set-default-user USER
+  -t, --terminate NAME            stop a distribution
+  --shutdown [--force]            stop every distribution and the utility VM
+  --status
+  -v, --version
+  --help
+
+  --for-user USER                 (root) act on USER's distributions
+  --debug                         show tracebacks of lxss's own failures
+"""
+
+
+def fail(message: str) -> int:
+    sys.stderr.write(f"lxss: {message}\n")
+    return FAILURE
+
+
+def _uid_of(user: str | None) -> int | None:
+    if user is None:
+        return None
+    if user.isdigit():
+        return int(user)
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise UsageError(f"--for-user: there is no user '{user}'") from None
+
+
+def _dispatch(request: Launch | Management, for_uid: int | None) -> int:
+    from lxss.cli.service import connect
+
+    if isinstance(request, Launch):
+        from lxss.cli.launch import launch
+
+        return launch(request, for_uid)
+    if request.action == "help":
+        sys.stdout.write(USAGE)
+        return 0
+    if request.action == "version":
+        sys.stdout.write(f"lxss {__version__}\n")
+        return 0
+    if request.action == "install":
+        from lxss.cli.install import install
+
+        return install(request, for_uid)
+    if request.action == "manage":
+        from lxss.cli.install import manage
+
+        return manage(request, for_uid)
+    from lxss.cli import manage as commands
+
+    with connect() as client:
+        return commands.run(client, request, for_uid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        parsed = parse(args)
+        return _dispatch(parsed.request, _uid_of(parsed.for_user))
+    except UsageError as e:
+        return fail(f"{e} (see: lxss --help)")
+    except VarlinkError as e:
+        from lxss.cli.messages import describe
+
+        if debug:
+            raise
+        return fail(describe(e))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        from lxss.cli.manage import CommandError
+        from lxss.cli.service import ServiceUnavailable
+
+        if isinstance(e, CommandError | ServiceUnavailable):
+            return fail(str(e))
+        if isinstance(e, OSError):
+            return fail(f"{e.strerror or e} ({type(e).__name__})")
+        return fail(f"unexpected {type(e).__name__}: {e} (run with --debug for details)")
+    finally:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # Nobody reads our output any more; don't let Python complain at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,0 +1,281 @@
+"""The management commands: --import, --export, --list, --unregister, ...
+
+Files are opened here, with the caller's own rights, and only their
+descriptors go to the service (as wsl.exe hands file handles to wslservice):
+lxssd never opens a path a user names.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+
+from lxss.api.client import Client
+from lxss.cli.parse import Management
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+LONG_CALL = 6 * 3600.0  # imports and exports of big trees on slow disks
+
+
+class CommandError(Exception):
+    """A failure of the lxss command itself (not the service): printed, exit 255."""
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def warn(lines: list[str]) -> None:
+    if os.environ.get("LXSS_DISABLE_WARNINGS") == "1":
+        return
+    for line in lines:
+        sys.stderr.write(f"lxss: warning: {line}\n")
+
+
+def _version(value: str | bool | None) -> int | None:
+    if value is None:
+        return None
+    if value not in ("1", "2"):
+        raise CommandError(f"invalid version '{value}': use 1 or 2")
+    return int(str(value))
+
+
+def _open_archive(path: str) -> int:
+    if path == "-":
+        if os.isatty(0):
+            raise CommandError("refusing to read an archive from a terminal; pipe one in")
+        return os.dup(0)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CommandError(f"cannot open {path}: {e.strerror}") from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CommandError(f"{path} is a directory, not an archive")
+    return fd
+
+
+def _open_location(path: str) -> tuple[int, bool]:
+    """Open (creating if needed) the install directory; returns (fd, created)."""
+    created = False
+    if not os.path.isdir(path):
+        try:
+            os.makedirs(path, 0o755)
+            created = True
+        except OSError as e:
+            raise CommandError(f"cannot create {path}: {e.strerror}") from None
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), created
+    except OSError as e:
+        raise CommandError(f"cannot open {path}: {e.strerror}") from None
+
+
+def register(
+    client: Client,
+    name: str,
+    version: int | None,
+    location: str | None,
+    archive: str | None = None,
+    builtin: str | None = None,
+    for_uid: int | None = None,
+) -> dict[str, Any]:
+    fds: list[int] = []
+    created = False
+    try:
+        params: dict[str, Any] = {"name": name, "version": version, "forUid": for_uid}
+        if archive is not None:
+            fds.append(_open_archive(archive))
+            params["archive"] = 0
+        else:
+            params["builtin"] = builtin
+        if location is not None:
+            location_fd, created = _open_location(location)
+            params["location"] = len(fds)
+            fds.append(location_fd)
+        reply = client.call("RegisterDistribution", params, tuple(fds), timeout=LONG_CALL)
+    except BaseException:
+        if created:
+            try:
+                os.rmdir(location or "")
+            except OSError:
+                pass  # not empty: it is not ours to clear
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+    warn(reply.get("warnings", []))
+    return reply
+
+
+def _export_format(path: str, given: str | bool | None) -> str:
+    if isinstance(given, str):
+        return given
+    for suffixes, name in (
+        ((".tar.gz", ".tgz", ".wsl"), "tar.gz"),
+        ((".tar.xz", ".txz"), "tar.xz"),
+        ((".tar.zst", ".tzst"), "tar.zst"),
+    ):
+        if path.endswith(suffixes):
+            return name
+    return "tar"
+
+
+class _Output:
+    """The export's destination, invisible until :meth:`commit`: an O_TMPFILE linked
+    into place at the end, so a failed export leaves no partial file behind."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._temp: str | None = None
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            self.fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):  # no O_TMPFILE
+                raise CommandError(f"cannot write in {directory}: {e.strerror}") from None
+            self._temp = os.path.join(directory, f".{os.path.basename(path)}.lxss-{os.getpid()}")
+            try:
+                self.fd = os.open(
+                    self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+                )
+            except OSError as e2:
+                raise CommandError(f"cannot write {self._temp}: {e2.strerror}") from None
+
+    def commit(self) -> None:
+        if self._temp is None:
+            temp = f"{self.path}.lxss-{os.getpid()}"
+            # linkat(AT_SYMLINK_FOLLOW) through /proc/self/fd gives an O_TMPFILE a name
+            # (see open(2)); os.link only passes that flag when given a directory fd.
+            proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(str(self.fd), temp, src_dir_fd=proc_fd, follow_symlinks=True)
+            finally:
+                os.close(proc_fd)
+            self._temp = temp
+        os.replace(self._temp, self.path)
+        self._temp = None
+
+    def discard(self) -> None:
+        if self._temp is not None:
+            try:
+                os.unlink(self._temp)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def export(
+    client: Client, name: str, path: str, fmt: str | bool | None, for_uid: int | None
+) -> None:
+    export_format = _export_format(path, fmt)
+    params = {"distribution": name, "file": 0, "format": export_format, "forUid": for_uid}
+    if path == "-":
+        if os.isatty(1):
+            raise CommandError("refusing to write an archive to a terminal; redirect stdout")
+        reply = client.call("ExportDistribution", params, (1,), timeout=LONG_CALL)
+        warn(reply.get("warnings", []))
+        return
+    output = _Output(path)
+    try:
+        reply = client.call("ExportDistribution", params, (output.fd,), timeout=LONG_CALL)
+        output.commit()
+    except BaseException:
+        output.discard()
+        raise
+    finally:
+        output.close()
+    warn(reply.get("warnings", []))
+    out(f"Exported '{name}' to {path} ({export_format}).")
+
+
+def list_distributions(client: Client, options: dict[str, str | bool], for_uid: int | None) -> int:
+    verbose, quiet, running_only = (
+        bool(options.get("--verbose")),
+        bool(options.get("--quiet")),
+        bool(options.get("--running")),
+    )
+    if verbose and quiet:
+        raise CommandError("--verbose and --quiet cannot be combined")
+    reply = client.call("EnumerateDistributions", {"forUid": for_uid})
+    distributions: list[dict[str, Any]] = reply["distributions"]
+    # The default first, then in the order they were registered (as WSL lists them).
+    distributions.sort(key=lambda d: not d["isDefault"])
+    if running_only:
+        distributions = [d for d in distributions if d["state"] == "Running"]
+    if not distributions:
+        if quiet:
+            return 0
+        if running_only:
+            raise CommandError("no distribution is running")
+        raise CommandError("no distribution is installed; install one with: lxss --install busybox")
+    if quiet:
+        for d in distributions:
+            out(d["name"])
+    elif verbose:
+        width = max(len("NAME"), *(len(d["name"]) for d in distributions))
+        out(f"  {'NAME':<{width}}  {'STATE':<12}  VERSION")
+        for d in distributions:
+            mark = "*" if d["isDefault"] else " "
+            out(f"{mark} {d['name']:<{width}}  {d['state']:<12}  {d['version']}")
+    else:
+        out("lxss distributions:")
+        for d in distributions:
+            out(f"{d['name']} (default)" if d["isDefault"] else d["name"])
+    return 0
+
+
+def status(client: Client, for_uid: int | None) -> int:
+    reply = client.call("GetStatus", {"forUid": for_uid})
+    version = client.call("GetVersion", {})
+    default = reply.get("defaultDistribution")
+    out(f"Default distribution: {default if default else '(none)'}")
+    out(f"Default version: {reply['defaultVersion']}")
+    out(f"Utility VM: {'running' if reply['vmRunning'] else 'stopped'}")
+    running = reply.get("running") or []
+    out(f"Running distributions: {', '.join(running) if running else '(none)'}")
+    out(f"Versions available: {', '.join(reply.get('backends') or [])}")
+    out(f"lxssd {version['version']} on Linux {version['kernel']}")
+    return 0
+
+
+def run(client: Client, request: Management, for_uid: int | None) -> int:
+    """Carry out a management action other than help, version and install."""
+    action, args, options = request.action, request.args, request.options
+    if action == "list":
+        return list_distributions(client, options, for_uid)
+    if action == "status":
+        return status(client, for_uid)
+    if action == "import":
+        name, location, archive = args
+        register(client, name, _version(options.get("--version")), location, archive=archive,
+                 for_uid=for_uid)  # fmt: skip
+        out(f"Imported '{name}'.")
+    elif action == "export":
+        export(client, args[0], args[1], options.get("--format"), for_uid)
+    elif action == "unregister":
+        client.call("UnregisterDistribution", {"distribution": args[0], "forUid": for_uid},
+                    timeout=LONG_CALL)  # fmt: skip
+        out(f"Unregistered '{args[0]}'.")
+    elif action == "set-default":
+        client.call("SetDefaultDistribution", {"distribution": args[0], "forUid": for_uid})
+        out(f"'{args[0]}' is now the default distribution.")
+    elif action == "set-default-version":
+        version = _version(args[0])
+        client.call("SetDefaultVersion", {"version": version, "forUid": for_uid})
+        out(f"New distributions will use version {version}.")
+    elif action == "terminate":
+        client.call("TerminateDistribution", {"distribution": args[0], "forUid": for_uid},
+                    timeout=120.0)  # fmt: skip
+    elif action == "shutdown":
+        client.call("Shutdown", {"force": bool(options.get("--force")), "forUid": for_uid},
+                    timeout=120.0)  # fmt: skip
+    else:
+        raise CommandError(f"{action} is not available yet")
+    return 0

@@ -1,0 +1,181 @@
+"""Parsing lxss's command line, which follows wsl.exe's.
+
+Leading options are read one by one; the first argument that is not an option
+(or `--`, or the value of `-e`) ends them and the rest is the command. A
+management option (`--import`, `--list`, ...) takes the rest of the line as
+its own arguments. Hand-written on purpose: argparse costs more to import
+than the whole client may spend on start-up.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+class UsageError(Exception):
+    """The command line is wrong; the message says how."""
+
+
+class Launch:
+    """Run a program in a distribution (no management option given)."""
+
+    __slots__ = ("command", "cwd", "distribution", "exec_mode", "shell_type", "user")
+
+    def __init__(self) -> None:
+        self.distribution: str | None = None
+        self.user: str | None = None
+        self.cwd: str | None = None
+        self.exec_mode = False
+        self.shell_type: str | None = None
+        self.command: list[str] = []
+
+
+class Management:
+    """A management action: `action` names it, `args` are its positional arguments."""
+
+    __slots__ = ("action", "args", "options")
+
+    def __init__(self, action: str, args: list[str], options: dict[str, str | bool]) -> None:
+        self.action = action
+        self.args = args
+        self.options = options
+
+
+class Parsed:
+    __slots__ = ("debug", "for_user", "request")
+
+    def __init__(self, request: Launch | Management, for_user: str | None, debug: bool) -> None:
+        self.request = request
+        self.for_user = for_user
+        self.debug = debug
+
+
+# action: (option spellings, positional count (min, max), flags, options taking a value)
+_ACTIONS: dict[str, tuple[tuple[str, ...], tuple[int, int], set[str], set[str]]] = {
+    "help": (("--help", "-h"), (0, 0), set(), set()),
+    "version": (("--version", "-v"), (0, 0), set(), set()),
+    "status": (("--status",), (0, 0), set(), set()),
+    "list": (
+        ("--list", "-l"),
+        (0, 0),
+        {"--verbose", "-v", "--quiet", "-q", "--running", "--all"},
+        set(),
+    ),
+    "import": (("--import",), (3, 3), set(), {"--version"}),
+    "export": (("--export",), (2, 2), set(), {"--format"}),
+    "install": (
+        ("--install",),
+        (0, 1),
+        {"--no-launch", "-n"},
+        {"--name", "--location", "--version", "-d", "--distribution"},
+    ),
+    "unregister": (("--unregister",), (1, 1), set(), set()),
+    "set-default": (("--set-default", "-s", "--setdefault"), (1, 1), set(), set()),
+    "set-default-version": (("--set-default-version",), (1, 1), set(), set()),
+    "terminate": (("--terminate", "-t"), (1, 1), set(), set()),
+    "shutdown": (("--shutdown",), (0, 0), {"--force"}, set()),
+    "manage": (("--manage",), (1, 1), set(), {"--set-default-user"}),
+}
+_ACTION_BY_OPTION = {
+    spelling: name for name, (spellings, *_) in _ACTIONS.items() for spelling in spellings
+}
+
+_CANONICAL = {"-v": "--verbose", "-q": "--quiet", "-n": "--no-launch", "-d": "--distribution"}
+SHELL_TYPES = ("standard", "login", "none")
+
+
+def _management(action: str, argv: list[str]) -> Management:
+    _, (least, most), flags, valued = _ACTIONS[action]
+    args: list[str] = []
+    options: dict[str, str | bool] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in flags:
+            options[_CANONICAL.get(arg, arg)] = True
+        elif arg in valued:
+            if i + 1 >= len(argv):
+                raise UsageError(f"option {arg} needs a value")
+            options[_CANONICAL.get(arg, arg)] = argv[i + 1]
+            i += 1
+        elif arg.startswith("-") and arg != "-":
+            raise UsageError(f"unknown option {arg!r} for {_ACTIONS[action][0][0]}")
+        else:
+            args.append(arg)
+        i += 1
+    if not least <= len(args) <= most:
+        expected = str(least) if least == most else f"{least} to {most}"
+        raise UsageError(f"{_ACTIONS[action][0][0]} takes {expected} argument(s), got {len(args)}")
+    return Management(action, args, options)
+
+
+def _needs_value(argv: list[str], i: int) -> str:
+    if i + 1 >= len(argv):
+        raise UsageError(f"option {argv[i]} needs a value")
+    return argv[i + 1]
+
+
+def parse(argv: list[str]) -> Parsed:
+    """Parse lxss's arguments (without argv[0]); raises UsageError."""
+    launch = Launch()
+    for_user: str | None = None
+    debug = False
+    i = 0
+    setters: dict[str, Callable[[str], None]] = {}
+
+    def set_distribution(value: str) -> None:
+        if launch.distribution is not None:
+            raise UsageError("the distribution is already set")
+        launch.distribution = value
+
+    def set_shell_type(value: str) -> None:
+        if value not in SHELL_TYPES:
+            raise UsageError(f"--shell-type must be one of {', '.join(SHELL_TYPES)}")
+        launch.shell_type = value
+
+    setters = {
+        "-d": set_distribution,
+        "--distribution": set_distribution,
+        "--distribution-id": set_distribution,
+        "-u": lambda v: setattr(launch, "user", v),
+        "--user": lambda v: setattr(launch, "user", v),
+        "--cd": lambda v: setattr(launch, "cwd", v),
+        "--shell-type": set_shell_type,
+    }
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            launch.command = argv[i + 1 :]
+            break
+        if arg in ("-e", "--exec"):
+            launch.exec_mode = True
+            launch.command = argv[i + 1 :]
+            if not launch.command:
+                raise UsageError(f"{arg} needs a command")
+            break
+        if arg in setters:
+            setters[arg](_needs_value(argv, i))
+            i += 2
+            continue
+        if arg == "--for-user":
+            for_user = _needs_value(argv, i)
+            i += 2
+            continue
+        if arg == "--debug":
+            debug = True
+            i += 1
+            continue
+        action = _ACTION_BY_OPTION.get(arg)
+        if action is not None:
+            if launch.distribution is not None and action not in ("install",):
+                raise UsageError(f"{arg} cannot be combined with --distribution")
+            return Parsed(_management(action, argv[i + 1 :]), for_user, debug)
+        if arg.startswith("-"):
+            raise UsageError(f"unknown option {arg!r}")
+        launch.command = argv[i:]
+        break
+    if launch.shell_type == "none" and not launch.command:
+        raise UsageError("--shell-type none needs a command")
+    return Parsed(launch, for_user, debug)

@@ -1,0 +1,158 @@
+"""Running the archive worker (lxss.archive.worker) for imports, exports and removals.
+
+The worker runs with the owner's rights in the owner's user namespace; this
+module starts it, maps it, feeds it and turns its report into a result or an
+exception. The service never touches a distribution's files itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import threading
+from dataclasses import dataclass
+from typing import Any, Final
+
+from lxss.archive import busybox
+from lxss.linux.subids import Mapping
+from lxss.linux.userns import python_argv, spawn_mapped
+from lxss.service.aio import wait_readable
+
+log = logging.getLogger(__name__)
+
+MAP_TIMEOUT: Final = 30.0
+WORK_TIMEOUT: Final = 6 * 3600.0  # a multi-GB rootfs on a slow disk, but never forever
+REMOVE_TIMEOUT: Final = 3600.0
+
+
+class WorkerFailed(Exception):
+    """The worker reported a failure; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class UnpackResult:
+    warnings: list[str]
+    os_id: str
+    os_version_id: str
+    is_linux: bool
+
+
+async def _run(
+    operation: str,
+    mapping: Mapping,
+    args: list[str],
+    *,
+    stdin: int | None = subprocess.DEVNULL,
+    pass_fds: tuple[int, ...] = (),
+    timeout: float = WORK_TIMEOUT,
+) -> dict[str, Any]:
+    argv = python_argv("lxss.archive.worker", operation, *args)
+    pending = spawn_mapped(
+        argv, pass_fds=pass_fds, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        await wait_readable(pending.fileno(), MAP_TIMEOUT)
+    except BaseException:
+        pending.abort()
+        raise
+    proc = pending.finish(mapping, timeout=1.0)
+    loop = asyncio.get_running_loop()
+    try:
+        # communicate() only waits; the worker was forked by this (the main) thread,
+        # which is what its parent-death signal follows.
+        stdout, stderr = await asyncio.wait_for(
+            loop.run_in_executor(None, proc.communicate), timeout
+        )
+    except BaseException:
+        proc.kill()
+        await loop.run_in_executor(None, proc.wait)
+        raise
+    for line in stderr.decode(errors="replace").splitlines():
+        log.debug("archive worker %s: %s", operation, line)
+    try:
+        report: dict[str, Any] = json.loads(stdout.decode() or "null")
+    except ValueError:
+        report = {}
+    if proc.returncode == 0 and isinstance(report, dict) and report.get("ok"):
+        return report
+    if proc.returncode == 1 and isinstance(report, dict) and "error" in report:
+        raise WorkerFailed(str(report["error"]))
+    tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    log.error("archive worker %s crashed (status %s): %s", operation, proc.returncode, tail[0])
+    raise WorkerFailed(f"the archive worker failed unexpectedly ({tail[0]})")
+
+
+def _unpack_result(report: dict[str, Any]) -> UnpackResult:
+    return UnpackResult(
+        warnings=[str(w) for w in report.get("warnings", [])],
+        os_id=str(report.get("osId", "")),
+        os_version_id=str(report.get("osVersionId", "")),
+        is_linux=bool(report.get("isLinux")),
+    )
+
+
+def _location_args(base_path: str, location_fd: int | None) -> tuple[list[str], tuple[int, ...]]:
+    if location_fd is not None:
+        return ["--dir-fd", str(location_fd)], (location_fd,)
+    return ["--base", base_path], ()
+
+
+async def unpack_archive(
+    mapping: Mapping, archive_fd: int, base_path: str, location_fd: int | None
+) -> UnpackResult:
+    """Unpack the archive on *archive_fd* into base_path/rootfs (or location_fd/rootfs)."""
+    args, fds = _location_args(base_path, location_fd)
+    report = await _run("unpack", mapping, args, stdin=archive_fd, pass_fds=fds)
+    return _unpack_result(report)
+
+
+async def unpack_builtin(
+    mapping: Mapping, name: str, base_path: str, location_fd: int | None
+) -> UnpackResult:
+    """Unpack a built-in root file system, generated into a pipe by a thread."""
+    if name != "busybox":
+        raise WorkerFailed(f"there is no built-in distribution called '{name}' (try busybox)")
+    if not os.path.exists(busybox.BUSYBOX):
+        raise WorkerFailed(
+            f"the built-in distribution needs {busybox.BUSYBOX}: apt-get install busybox-static"
+        )
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with open(write_end, "wb", buffering=1 << 20) as out:
+                busybox.write_rootfs(out)
+        except BrokenPipeError:
+            pass  # the worker failed first and says why
+        except BaseException as e:
+            errors.append(e)
+
+    producer = threading.Thread(target=produce, name="busybox-rootfs", daemon=True)
+    producer.start()
+    try:
+        args, fds = _location_args(base_path, location_fd)
+        report = await _run("unpack", mapping, args, stdin=read_end, pass_fds=fds)
+    finally:
+        os.close(read_end)
+        await asyncio.get_running_loop().run_in_executor(None, producer.join, 60.0)
+    if errors:
+        raise WorkerFailed(f"building the busybox root file system failed: {errors[0]}")
+    return _unpack_result(report)
+
+
+async def pack_tree(mapping: Mapping, base_path: str, out_fd: int, export_format: str) -> list[str]:
+    """Write base_path/rootfs to *out_fd* as *export_format*; returns warnings."""
+    args = ["--base", base_path, "--out-fd", str(out_fd), "--format", export_format]
+    report = await _run("pack", mapping, args, pass_fds=(out_fd,))
+    return [str(w) for w in report.get("warnings", [])]
+
+
+async def remove_tree(mapping: Mapping, base_path: str, remove_base: bool) -> list[str]:
+    """Delete base_path/rootfs (and base_path itself if the service created it)."""
+    args = ["--base", base_path] + (["--remove-base"] if remove_base else [])
+    report = await _run("remove", mapping, args, timeout=REMOVE_TIMEOUT)
+    return [str(w) for w in report.get("warnings", [])]

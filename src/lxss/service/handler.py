@@ -1,0 +1,150 @@
+"""io.lxss.Service: turns Varlink calls into UserSession operations.
+
+Who the caller is comes from SO_PEERCRED alone. `forUid` lets root act for
+another user; for anyone else it is refused (even naming themselves, so a
+client never learns to rely on it).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+from lxss import __version__
+from lxss.api import errors
+from lxss.api.server import Call
+from lxss.service.registry import Registry
+from lxss.service.session import Owner, UserSession
+from lxss.service.settings import Settings
+
+
+class ServiceHandler:
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.sessions: dict[int, UserSession] = {}
+        self.runtime_factory: Any = None  # callable(session) -> runtime, set by main
+
+    def session_for(self, uid: int) -> UserSession:
+        """The one UserSession of *uid* (created on first use, kept for the service's life)."""
+        session = self.sessions.get(uid)
+        if session is None:
+            session = UserSession(Owner.lookup(uid), self.registry, self.settings)
+            if self.runtime_factory is not None:
+                session.runtime = self.runtime_factory(session)
+            self.sessions[uid] = session
+        return session
+
+    def session(self, call: Call) -> UserSession:
+        target = call.parameters.get("forUid")
+        if target is None:
+            return self.session_for(call.peer.uid)
+        if call.peer.uid != 0:
+            raise errors.PermissionDenied(reason="only root may act for another user")
+        if not 0 <= target < 2**32 - 1:
+            raise errors.InvalidArgument(parameter="forUid", reason="not a uid")
+        return self.session_for(target)
+
+    # Methods (named as in io.lxss.Service.varlink) -----------------------------
+
+    async def GetVersion(self, call: Call) -> dict[str, Any]:
+        return {"version": __version__, "kernel": platform.release()}
+
+    async def RegisterDistribution(self, call: Call) -> dict[str, Any]:
+        session = self.session(call)
+        archive = call.take_fd("archive")
+        location = call.take_fd("location")
+        try:
+            distribution, warnings = await session.register(
+                call.parameters["name"],
+                call.parameters.get("version"),
+                archive,
+                call.parameters.get("builtin"),
+                location,
+            )
+        finally:
+            for fd in (archive, location):
+                if fd is not None:
+                    os.close(fd)
+        return {"guid": distribution.guid, "name": distribution.name, "warnings": warnings}
+
+    async def UnregisterDistribution(self, call: Call) -> dict[str, Any]:
+        await self.session(call).unregister(call.parameters["distribution"])
+        return {}
+
+    async def EnumerateDistributions(self, call: Call) -> dict[str, Any]:
+        session = self.session(call)
+        distributions = [session.describe(d) for d in self.registry.distributions(session.uid)]
+        version = self.registry.user(session.uid).default_version
+        return {"distributions": distributions, "defaultVersion": version}
+
+    async def GetDefaultDistribution(self, call: Call) -> dict[str, Any]:
+        distribution = self.session(call).resolve(None)
+        return {"guid": distribution.guid, "name": distribution.name}
+
+    async def SetDefaultDistribution(self, call: Call) -> dict[str, Any]:
+        self.session(call).set_default(call.parameters["distribution"])
+        return {}
+
+    async def SetDefaultVersion(self, call: Call) -> dict[str, Any]:
+        self.session(call).set_default_version(call.parameters["version"])
+        return {}
+
+    async def ExportDistribution(self, call: Call) -> dict[str, Any]:
+        session = self.session(call)
+        out = call.take_fd("file")
+        if out is None:
+            raise errors.InvalidParameter(parameter="file")
+        try:
+            warnings = await session.export(
+                call.parameters["distribution"], out, call.parameters["format"]
+            )
+        finally:
+            os.close(out)
+        return {"warnings": warnings}
+
+    async def ConfigureDistribution(self, call: Call) -> dict[str, Any]:
+        p = call.parameters
+        await self.session(call).configure(p["distribution"], p.get("defaultUid"), p.get("flags"))
+        return {}
+
+    async def CreateLxProcess(self, call: Call) -> dict[str, Any]:
+        session = self.session(call)
+        if session.runtime is None:
+            raise errors.MethodNotImplemented(method=call.method)
+        result: dict[str, Any] = await session.runtime.create_process(call)
+        return result
+
+    async def TerminateDistribution(self, call: Call) -> dict[str, Any]:
+        session = self.session(call)
+        distribution = session.find(call.parameters["distribution"])
+        if session.runtime is not None:
+            await session.runtime.terminate(distribution.guid, force=True)
+        return {}
+
+    async def Shutdown(self, call: Call) -> dict[str, Any]:
+        session = self.session(call)
+        if session.runtime is not None:
+            await session.runtime.shutdown(force=call.parameters["force"])
+        return {}
+
+    async def GetStatus(self, call: Call) -> dict[str, Any]:
+        session = self.session(call)
+        user = self.registry.user(session.uid)
+        default = (
+            self.registry.get(user.default_distribution) if user.default_distribution else None
+        )
+        runtime = session.runtime
+        running = [
+            d.name
+            for d in self.registry.distributions(session.uid)
+            if session.state_of(d) == "Running"
+        ]
+        return {
+            "defaultDistribution": default.name if default else None,
+            "defaultVersion": user.default_version,
+            "vmRunning": bool(runtime and runtime.vm_running()),
+            "running": running,
+            "backends": list(runtime.backends()) if runtime else ["1"],
+        }

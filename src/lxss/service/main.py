@@ -1,0 +1,189 @@
+"""lxssd: the lxss service (WSL's wslservice), a root daemon serving io.lxss.Service.
+
+    lxssd [--systemd] [--log-file PATH] [--debug]
+
+Started by systemd (socket activation, `--systemd`) or on demand by `lxss`
+when root runs it and no service answers. SIGTERM or SIGINT stops every
+user's distributions and utility VM, then the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+from importlib import resources
+
+from lxss import __version__
+from lxss.api.server import VarlinkServer
+from lxss.service import registry
+from lxss.service.handler import ServiceHandler
+from lxss.service.registry import Registry
+from lxss.service.settings import Settings
+
+log = logging.getLogger("lxssd")
+
+USAGE = "usage: lxssd [--systemd] [--log-file PATH] [--debug]"
+
+
+class _JournalFormatter(logging.Formatter):
+    """`<N>` syslog priority prefixes, which journald reads from a service's stderr."""
+
+    _PRIORITY = {
+        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }  # fmt: skip
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self._PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def _configure_logging(debug: bool, log_file: str | None) -> None:
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    elif os.environ.get("JOURNAL_STREAM"):
+        handler = logging.StreamHandler()
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("lxssd: %(levelname)s %(name)s: %(message)s"))
+    level = os.environ.get("LXSS_LOG_LEVEL", "DEBUG" if debug else "INFO").upper()
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def _listening_socket(settings: Settings, systemd: bool) -> socket.socket:
+    if systemd and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        if int(os.environ.get("LISTEN_FDS", "0")) < 1:
+            raise RuntimeError("started with --systemd but systemd passed no socket")
+        sock = socket.socket(fileno=3)
+        sock.set_inheritable(False)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(settings.socket_path)
+        # Bound under a tight umask, opened up only once it is ours, then listened on.
+        old = os.umask(0o177)
+        try:
+            sock.bind(settings.socket_path)
+        finally:
+            os.umask(old)
+        os.chmod(settings.socket_path, 0o666)  # every user talks to us; SO_PEERCRED says who
+        sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _notify_systemd(state: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.sendto(state.encode(), address)
+
+
+def _acquire_instance_lock(settings: Settings) -> int:
+    fd = os.open(settings.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SystemExit("lxssd: another lxssd is already running") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+async def _recover(handler: ServiceHandler, db: Registry) -> None:
+    for state in (registry.INSTALLING, registry.UNINSTALLING):
+        for distribution in db.all_in_state(state):
+            await handler.session_for(distribution.owner_uid).recover(distribution)
+
+
+async def serve(settings: Settings, systemd: bool) -> None:
+    os.makedirs(settings.state_dir, 0o755, exist_ok=True)
+    db = Registry(settings.registry_path)
+    os.chmod(settings.registry_path, 0o600)
+    handler = ServiceHandler(db, settings)
+    runtime_module = _load_runtime()
+    if runtime_module is not None:
+        handler.runtime_factory = runtime_module.runtime_factory(settings)
+        runtime_module.clean_stale(settings)
+    await _recover(handler, db)
+    interface = resources.files("lxss.api").joinpath("io.lxss.Service.varlink").read_text()
+    server = VarlinkServer(interface, handler, "lxss", "lxssd", __version__)
+    listener = _listening_socket(settings, systemd)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    serving = loop.create_task(server.serve(listener))
+    log.info("lxssd %s serving on %s", __version__, settings.socket_path)
+    _notify_systemd("READY=1")
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        _notify_systemd("STOPPING=1")
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        for session in list(handler.sessions.values()):
+            if session.runtime is not None:
+                with contextlib.suppress(Exception):
+                    await session.runtime.shutdown(force=False)
+        listener.close()
+        if not systemd:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(settings.socket_path)
+        db.close()
+
+
+def _load_runtime() -> object | None:
+    """The runtime (utility VM, instances) when it is available in this build."""
+    try:
+        from lxss.service import runtime
+    except ImportError:
+        return None
+    return runtime
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    systemd = debug = False
+    log_file = None
+    while args:
+        arg = args.pop(0)
+        if arg == "--systemd":
+            systemd = True
+        elif arg == "--debug":
+            debug = True
+        elif arg == "--log-file" and args:
+            log_file = args.pop(0)
+        elif arg in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        else:
+            print(f"lxssd: unknown argument {arg!r}\n{USAGE}", file=sys.stderr)
+            return 2
+    if os.geteuid() != 0:
+        print("lxssd: must run as root (it starts each user's distributions)", file=sys.stderr)
+        return 1
+    os.umask(0o022)
+    settings = Settings.from_environment()
+    os.makedirs(settings.runtime_dir, 0o755, exist_ok=True)
+    _configure_logging(debug, log_file)
+    lock = _acquire_instance_lock(settings)
+    try:
+        asyncio.run(serve(settings, systemd))
+    finally:
+        os.close(lock)
+    return 0

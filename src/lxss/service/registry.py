@@ -1,0 +1,283 @@
+"""The registry of distributions: SQLite in WAL mode, the HKCU\\...\\Lxss of lxss.
+
+Only Installed, Installing and Uninstalling are stored. Running, Converting and
+Exporting are live states the service overlays; they never reach the disk, so
+a crash can never leave a distribution "Running".
+
+A distribution is inserted as Installing and becomes Installed (and, if the
+user has none, the default) in one transaction at the end of its import;
+rows left Installing or Uninstalling by a crash are finished off at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Final
+
+INSTALLED: Final = "Installed"
+INSTALLING: Final = "Installing"
+UNINSTALLING: Final = "Uninstalling"
+
+DEFAULT_VERSION: Final = 1
+FLAG_DEFAULTS: Final = 0x7  # WSL's ENABLE_INTEROP | APPEND_NT_PATH | ENABLE_DRIVE_MOUNTING
+
+_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,256}")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS distributions (
+    guid          TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    name_key      TEXT NOT NULL,
+    owner_uid     INTEGER NOT NULL,
+    base_path     TEXT NOT NULL,
+    managed_base  INTEGER NOT NULL,   -- 1: the service created base_path and removes it
+    version       INTEGER NOT NULL,
+    default_uid   INTEGER NOT NULL,
+    flags         INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    os_id         TEXT NOT NULL DEFAULT '',
+    os_version_id TEXT NOT NULL DEFAULT '',
+    created       REAL NOT NULL,
+    UNIQUE (owner_uid, name_key)
+);
+CREATE TABLE IF NOT EXISTS users (
+    uid                  INTEGER PRIMARY KEY,
+    default_distribution TEXT,
+    default_version      INTEGER NOT NULL DEFAULT 1
+);
+"""
+
+
+class NameTaken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Distribution:
+    guid: str
+    name: str
+    owner_uid: int
+    base_path: str
+    managed_base: bool
+    version: int
+    default_uid: int
+    flags: int
+    state: str
+    os_id: str
+    os_version_id: str
+    created: float
+
+
+@dataclass(frozen=True)
+class UserSettings:
+    uid: int
+    default_distribution: str | None
+    default_version: int
+
+
+def valid_name(name: str) -> bool:
+    """WSL's rule: letters, digits, '.', '_', '-'; 1 to 256 characters."""
+    return _NAME.fullmatch(name) is not None
+
+
+def new_guid() -> str:
+    return str(uuid.uuid4())
+
+
+def normalize_guid(text: str) -> str | None:
+    """A GUID in canonical form, from any case and with or without braces; None if not one."""
+    try:
+        return str(uuid.UUID(text.strip().strip("{}")))
+    except ValueError:
+        return None
+
+
+def _row(row: sqlite3.Row) -> Distribution:
+    return Distribution(
+        guid=row["guid"],
+        name=row["name"],
+        owner_uid=row["owner_uid"],
+        base_path=row["base_path"],
+        managed_base=bool(row["managed_base"]),
+        version=row["version"],
+        default_uid=row["default_uid"],
+        flags=row["flags"],
+        state=row["state"],
+        os_id=row["os_id"],
+        os_version_id=row["os_version_id"],
+        created=row["created"],
+    )
+
+
+class Registry:
+    """All reads and writes of the database. Not thread-safe: the service's
+    event loop is its only user."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # Distributions -----------------------------------------------------------
+
+    def distributions(self, uid: int) -> list[Distribution]:
+        rows = self._db.execute(
+            "SELECT * FROM distributions WHERE owner_uid = ? ORDER BY created, name_key", (uid,)
+        )
+        return [_row(r) for r in rows]
+
+    def all_in_state(self, state: str) -> list[Distribution]:
+        rows = self._db.execute("SELECT * FROM distributions WHERE state = ?", (state,))
+        return [_row(r) for r in rows]
+
+    def get(self, guid: str) -> Distribution | None:
+        row = self._db.execute("SELECT * FROM distributions WHERE guid = ?", (guid,)).fetchone()
+        return None if row is None else _row(row)
+
+    def find(self, uid: int, name_or_guid: str) -> Distribution | None:
+        """A distribution of *uid* by name (any case) or GUID (any spelling)."""
+        guid = normalize_guid(name_or_guid)
+        row = self._db.execute(
+            "SELECT * FROM distributions WHERE owner_uid = ? AND (name_key = ? OR guid = ?)",
+            (uid, name_or_guid.lower(), guid or ""),
+        ).fetchone()
+        return None if row is None else _row(row)
+
+    def base_path_in_use(self, path: str) -> Distribution | None:
+        row = self._db.execute(
+            "SELECT * FROM distributions WHERE base_path = ?", (path,)
+        ).fetchone()
+        return None if row is None else _row(row)
+
+    def begin_install(self, distribution: Distribution) -> None:
+        """Insert *distribution* as Installing; NameTaken if its owner already uses the name."""
+        d = replace(distribution, state=INSTALLING)
+        try:
+            self._db.execute(
+                "INSERT INTO distributions (guid, name, name_key, owner_uid, base_path,"
+                " managed_base, version, default_uid, flags, state, os_id, os_version_id, created)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (d.guid, d.name, d.name.lower(), d.owner_uid, d.base_path, int(d.managed_base),
+                 d.version, d.default_uid, d.flags, d.state, d.os_id, d.os_version_id, d.created),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:
+            raise NameTaken(d.name) from None
+
+    def finish_install(self, guid: str, os_id: str, os_version_id: str) -> None:
+        """Installing → Installed; the user's default if they had none. One transaction."""
+        with self._transaction() as db:
+            row = db.execute("SELECT owner_uid FROM distributions WHERE guid = ?", (guid,))
+            owner = row.fetchone()["owner_uid"]
+            db.execute(
+                "UPDATE distributions SET state = ?, os_id = ?, os_version_id = ? WHERE guid = ?",
+                (INSTALLED, os_id, os_version_id, guid),
+            )
+            if self._default_of(db, owner) is None:
+                self._set_default(db, owner, guid)
+
+    def set_state(self, guid: str, state: str) -> None:
+        self._db.execute("UPDATE distributions SET state = ? WHERE guid = ?", (state, guid))
+
+    def set_os_release(self, guid: str, os_id: str, os_version_id: str) -> None:
+        self._db.execute(
+            "UPDATE distributions SET os_id = ?, os_version_id = ? WHERE guid = ?",
+            (os_id, os_version_id, guid),
+        )
+
+    def configure(self, guid: str, default_uid: int | None, flags: int | None) -> None:
+        if default_uid is not None:
+            self._db.execute(
+                "UPDATE distributions SET default_uid = ? WHERE guid = ?", (default_uid, guid)
+            )
+        if flags is not None:
+            self._db.execute("UPDATE distributions SET flags = ? WHERE guid = ?", (flags, guid))
+
+    def remove(self, guid: str) -> None:
+        """Delete a distribution; if it was its owner's default, the oldest remaining
+        installed one becomes the default (WSL picks a new default too)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT owner_uid FROM distributions WHERE guid = ?", (guid,))
+            found = row.fetchone()
+            if found is None:
+                return
+            owner = found["owner_uid"]
+            db.execute("DELETE FROM distributions WHERE guid = ?", (guid,))
+            if self._default_of(db, owner) in (guid, None):
+                successor = db.execute(
+                    "SELECT guid FROM distributions WHERE owner_uid = ? AND state = ?"
+                    " ORDER BY created, name_key LIMIT 1",
+                    (owner, INSTALLED),
+                ).fetchone()
+                self._set_default(db, owner, None if successor is None else successor["guid"])
+
+    # Users -------------------------------------------------------------------
+
+    def user(self, uid: int) -> UserSettings:
+        row = self._db.execute("SELECT * FROM users WHERE uid = ?", (uid,)).fetchone()
+        if row is None:
+            return UserSettings(uid, None, DEFAULT_VERSION)
+        return UserSettings(uid, row["default_distribution"], row["default_version"])
+
+    def set_default(self, uid: int, guid: str | None) -> None:
+        with self._transaction() as db:
+            self._set_default(db, uid, guid)
+
+    def set_default_version(self, uid: int, version: int) -> None:
+        self._db.execute(
+            "INSERT INTO users (uid, default_version) VALUES (?, ?)"
+            " ON CONFLICT(uid) DO UPDATE SET default_version = excluded.default_version",
+            (uid, version),
+        )
+
+    @staticmethod
+    def _default_of(db: sqlite3.Connection, uid: int) -> str | None:
+        row = db.execute("SELECT default_distribution FROM users WHERE uid = ?", (uid,)).fetchone()
+        return None if row is None else row["default_distribution"]
+
+    @staticmethod
+    def _set_default(db: sqlite3.Connection, uid: int, guid: str | None) -> None:
+        db.execute(
+            "INSERT INTO users (uid, default_distribution) VALUES (?, ?)"
+            " ON CONFLICT(uid) DO UPDATE SET default_distribution = excluded.default_distribution",
+            (uid, guid),
+        )
+
+
+def new_distribution(
+    name: str, owner_uid: int, base_path: str, managed_base: bool, version: int, guid: str
+) -> Distribution:
+    return Distribution(
+        guid=guid,
+        name=name,
+        owner_uid=owner_uid,
+        base_path=base_path,
+        managed_base=managed_base,
+        version=version,
+        default_uid=0,
+        flags=FLAG_DEFAULTS,
+        state=INSTALLING,
+        os_id="",
+        os_version_id="",
+        created=time.time(),
+    )

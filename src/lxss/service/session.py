@@ -1,0 +1,295 @@
+"""UserSession: everything the service does for one uid (WSL's LxssUserSessionImpl).
+
+One object per uid for the service's lifetime. It owns the user's live state —
+distributions locked by a long operation, the utility VM and the running
+instances — while the registry holds what persists. Long operations (import,
+export, unregister) lock their distribution (Installing, Exporting,
+Uninstalling) so nothing else can start or change it meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from lxss.api import errors
+from lxss.archive.formats import EXPORT_FORMATS
+from lxss.linux.subids import Mapping, ensure_mapping
+from lxss.service import archives, registry
+from lxss.service.registry import Distribution, Registry
+from lxss.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXPORTING = "Exporting"
+RUNNING = "Running"
+STOPPED = "Stopped"
+
+
+@dataclass(frozen=True)
+class Owner:
+    uid: int
+    gid: int
+    name: str
+    home: str
+
+    @classmethod
+    def lookup(cls, uid: int) -> Owner:
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            return cls(uid, uid, str(uid), "/")
+        return cls(uid, entry.pw_gid, entry.pw_name, entry.pw_dir)
+
+
+class UserSession:
+    def __init__(self, owner: Owner, registry: Registry, settings: Settings) -> None:
+        self.owner = owner
+        self.uid = owner.uid
+        self.registry = registry
+        self.settings = settings
+        self.locked: dict[str, str] = {}
+        self._mapping: Mapping | None = None
+        self._lock = asyncio.Lock()
+        self.runtime: Any = None  # set by the service: the VM and instances (runtime.Runtime)
+
+    def __repr__(self) -> str:
+        return f"<UserSession uid={self.uid} locked={self.locked}>"
+
+    # Helpers -------------------------------------------------------------------
+
+    def mapping(self) -> Mapping:
+        if self._mapping is None:
+            self._mapping = ensure_mapping(
+                self.owner.uid,
+                self.owner.gid,
+                self.owner.name,
+                self.settings.subid_lock_path,
+                self.settings.subuid_file,
+                self.settings.subgid_file,
+            )
+        return self._mapping
+
+    def find(self, name_or_guid: str) -> Distribution:
+        distribution = self.registry.find(self.uid, name_or_guid)
+        if distribution is None:
+            raise errors.DistroNotFound(distribution=name_or_guid)
+        return distribution
+
+    def resolve(self, name_or_guid: str | None) -> Distribution:
+        """A named distribution, or the default one when *name_or_guid* is None."""
+        if name_or_guid is not None:
+            return self.find(name_or_guid)
+        guid = self.registry.user(self.uid).default_distribution
+        distribution = self.registry.get(guid) if guid else None
+        if distribution is None or distribution.state != registry.INSTALLED:
+            raise errors.DefaultDistroNotFound()
+        return distribution
+
+    def state_of(self, distribution: Distribution) -> str:
+        if distribution.guid in self.locked:
+            return self.locked[distribution.guid]
+        if distribution.state != registry.INSTALLED:
+            return distribution.state
+        if self.runtime is not None and self.runtime.is_running(distribution.guid):
+            return RUNNING
+        return STOPPED
+
+    def ensure_unlocked(self, distribution: Distribution) -> None:
+        state = self.locked.get(distribution.guid)
+        if state is None and distribution.state != registry.INSTALLED:
+            state = distribution.state
+        if state is not None:
+            raise errors.InvalidState(distribution=distribution.name, state=state)
+
+    async def _stop_instance(self, distribution: Distribution) -> None:
+        if self.runtime is not None:
+            await self.runtime.terminate(distribution.guid, force=True)
+
+    # Registration --------------------------------------------------------------
+
+    def _prepare_location(self, guid: str, location_fd: int | None) -> tuple[str, bool]:
+        """The base path for a new distribution and whether the service manages it."""
+        if location_fd is None:
+            storage = self.settings.storage_dir(self.uid)
+            os.makedirs(self.settings.state_dir, 0o755, exist_ok=True)
+            if not os.path.isdir(storage):
+                os.mkdir(storage, 0o700)
+                os.chown(storage, self.owner.uid, self.owner.gid)
+            base = os.path.join(storage, guid)
+            os.mkdir(base, 0o755)
+            os.chown(base, self.owner.uid, self.owner.gid)
+            return base, True
+        st = os.fstat(location_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise errors.InvalidArgument(parameter="location", reason="not a directory")
+        base = os.readlink(f"/proc/self/fd/{location_fd}")
+        if st.st_uid != self.uid:
+            raise errors.PermissionDenied(reason=f"{base} is not a directory you own")
+        in_use = self.registry.base_path_in_use(base)
+        if in_use is not None:
+            raise errors.InstallLocationInUse(path=base)
+        return base, False
+
+    async def register(
+        self,
+        name: str,
+        version: int | None,
+        archive_fd: int | None,
+        builtin: str | None,
+        location_fd: int | None,
+    ) -> tuple[Distribution, list[str]]:
+        if not registry.valid_name(name):
+            raise errors.InvalidDistributionName(name=name)
+        if (archive_fd is None) == (builtin is None):
+            raise errors.InvalidArgument(parameter="archive", reason="give an archive or a builtin")
+        version = version or self.registry.user(self.uid).default_version
+        self.check_version(version)
+        async with self._lock:
+            if self.registry.find(self.uid, name) is not None:
+                raise errors.DistroNameAlreadyExists(name=name)
+            guid = registry.new_guid()
+            base, managed = self._prepare_location(guid, location_fd)
+            record = registry.new_distribution(name, self.uid, base, managed, version, guid)
+            self.registry.begin_install(record)
+            self.locked[guid] = registry.INSTALLING
+        try:
+            mapping = self.mapping()
+            if archive_fd is not None:
+                result = await archives.unpack_archive(mapping, archive_fd, base, location_fd)
+            else:
+                assert builtin is not None
+                result = await archives.unpack_builtin(mapping, builtin, base, location_fd)
+            if not result.is_linux:
+                raise errors.NotALinuxDistribution()
+            self.registry.finish_install(guid, result.os_id, result.os_version_id)
+        except BaseException as e:
+            await self._discard(record)
+            if isinstance(e, archives.WorkerFailed):
+                raise errors.ImportFailed(reason=str(e)) from None
+            raise
+        finally:
+            self.locked.pop(guid, None)
+        log.info("uid %d: registered %s (%s) at %s", self.uid, name, guid, base)
+        installed = self.registry.get(guid)
+        assert installed is not None
+        return installed, result.warnings
+
+    async def _discard(self, record: Distribution) -> None:
+        """Undo a failed registration: its files, then its row. A failure to remove the
+        files leaves the row Installing, so the next start of the service retries."""
+        try:
+            await archives.remove_tree(self.mapping(), record.base_path, record.managed_base)
+        except Exception as e:
+            log.error("uid %d: cannot clean up %s: %s", self.uid, record.base_path, e)
+            return
+        self.registry.remove(record.guid)
+
+    def check_version(self, version: int) -> None:
+        if version not in (1, 2):
+            raise errors.InvalidArgument(parameter="version", reason="must be 1 or 2")
+        backends = self.runtime.backends() if self.runtime is not None else ("1",)
+        if str(version) not in backends:
+            raise errors.VersionNotSupported(
+                version=version,
+                reason="version 2 needs the QEMU backend, which this machine cannot run yet",
+            )
+
+    async def unregister(self, name_or_guid: str) -> None:
+        async with self._lock:
+            distribution = self.find(name_or_guid)
+            if distribution.guid in self.locked:
+                raise errors.InvalidState(
+                    distribution=distribution.name, state=self.locked[distribution.guid]
+                )
+            self.locked[distribution.guid] = registry.UNINSTALLING
+        try:
+            await self._stop_instance(distribution)
+            self.registry.set_state(distribution.guid, registry.UNINSTALLING)
+            try:
+                await archives.remove_tree(
+                    self.mapping(), distribution.base_path, distribution.managed_base
+                )
+            except archives.WorkerFailed as e:
+                self.registry.set_state(distribution.guid, registry.INSTALLED)
+                raise errors.InternalError(reason=f"cannot remove its files: {e}") from None
+            self.registry.remove(distribution.guid)
+        finally:
+            self.locked.pop(distribution.guid, None)
+        log.info("uid %d: unregistered %s", self.uid, distribution.name)
+
+    # Defaults and configuration ------------------------------------------------
+
+    def set_default(self, name_or_guid: str) -> None:
+        distribution = self.find(name_or_guid)
+        self.ensure_unlocked(distribution)
+        self.registry.set_default(self.uid, distribution.guid)
+
+    def set_default_version(self, version: int) -> None:
+        self.check_version(version)
+        self.registry.set_default_version(self.uid, version)
+
+    async def configure(
+        self, name_or_guid: str, default_uid: int | None, flags: int | None
+    ) -> None:
+        distribution = self.find(name_or_guid)
+        self.ensure_unlocked(distribution)
+        if default_uid is not None and not 0 <= default_uid < 65536:
+            raise errors.InvalidArgument(parameter="defaultUid", reason="must be 0..65535")
+        self.registry.configure(distribution.guid, default_uid, flags)
+        await self._stop_instance(distribution)
+
+    # Export --------------------------------------------------------------------
+
+    async def export(self, name_or_guid: str, out_fd: int, export_format: str) -> list[str]:
+        if export_format not in EXPORT_FORMATS:
+            raise errors.InvalidArgument(
+                parameter="format", reason=f"must be one of {', '.join(EXPORT_FORMATS)}"
+            )
+        async with self._lock:
+            distribution = self.find(name_or_guid)
+            self.ensure_unlocked(distribution)
+            self.locked[distribution.guid] = EXPORTING
+        try:
+            # As WSL does: the tree must not change while it is being written.
+            await self._stop_instance(distribution)
+            return await archives.pack_tree(
+                self.mapping(), distribution.base_path, out_fd, export_format
+            )
+        except archives.WorkerFailed as e:
+            raise errors.ExportFailed(reason=str(e)) from None
+        finally:
+            self.locked.pop(distribution.guid, None)
+
+    # Start-up recovery ---------------------------------------------------------
+
+    async def recover(self, distribution: Distribution) -> None:
+        """Finish what a crashed service left: an Installing or Uninstalling row and its files."""
+        log.warning(
+            "uid %d: removing %s left %s by an interrupted operation",
+            self.uid,
+            distribution.name,
+            distribution.state,
+        )
+        await self._discard(distribution)
+
+    def describe(self, distribution: Distribution) -> dict[str, Any]:
+        default = self.registry.user(self.uid).default_distribution
+        return {
+            "guid": distribution.guid,
+            "name": distribution.name,
+            "state": self.state_of(distribution),
+            "version": distribution.version,
+            "isDefault": distribution.guid == default,
+            "basePath": distribution.base_path,
+            "defaultUid": distribution.default_uid,
+            "flags": distribution.flags,
+            "osId": distribution.os_id,
+            "osVersionId": distribution.os_version_id,
+            "created": distribution.created,
+        }

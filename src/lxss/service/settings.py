@@ -1,0 +1,49 @@
+"""Where the service keeps things, overridable through the environment (tests run a
+private service this way: LXSS_STATE_DIR, LXSS_RUNTIME_DIR, LXSS_CGROUP_NAME)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from lxss.linux.subids import SUBGID_FILE, SUBUID_FILE
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: str = "/var/lib/lxss"
+    runtime_dir: str = "/run/lxss"
+    cgroup_name: str = "lxss"
+    machine_config: str = "/etc/lxss.conf"
+    subuid_file: str = SUBUID_FILE
+    subgid_file: str = SUBGID_FILE
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        env = os.environ
+        return cls(
+            state_dir=env.get("LXSS_STATE_DIR") or cls.state_dir,
+            runtime_dir=env.get("LXSS_RUNTIME_DIR") or cls.runtime_dir,
+            cgroup_name=env.get("LXSS_CGROUP_NAME") or cls.cgroup_name,
+            machine_config=env.get("LXSS_MACHINE_CONFIG") or cls.machine_config,
+        )
+
+    @property
+    def registry_path(self) -> str:
+        return os.path.join(self.state_dir, "registry.sqlite")
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self.runtime_dir, "lxssd.sock")
+
+    @property
+    def lock_path(self) -> str:
+        return os.path.join(self.runtime_dir, "lxssd.lock")
+
+    @property
+    def subid_lock_path(self) -> str:
+        return os.path.join(self.runtime_dir, "subid.lock")
+
+    def storage_dir(self, uid: int) -> str:
+        """Per-user storage for distributions installed without a location."""
+        return os.path.join(self.state_dir, str(uid))
