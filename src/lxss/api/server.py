@@ -72,7 +72,7 @@ class Call:
             return None
         if not 0 <= index < len(self.fds) or self.fds[index] < 0:
             raise errors.InvalidParameter(parameter=parameter)
-        fd = self.fds[index]
+        fd: int = self.fds[index]
         self.fds[index] = -1
         return fd
 
@@ -110,7 +110,7 @@ class Connection:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            timeout = self.server.limits.first_message_timeout
+            timeout: float | None = self.server.limits.first_message_timeout
             while True:
                 message = self._buffer.pop()
                 if message is None:

@@ -51,7 +51,7 @@ def _unencodable(value: object) -> Any:
     raise TypeError(f"cannot send a {type(value).__name__} over Varlink")
 
 
-_scan = _json.make_scanner(_DecoderContext())
+_scan = _json.make_scanner(_DecoderContext())  # type: ignore[arg-type]
 _encode = _json.make_encoder(
     None, _unencodable, _json.encode_basestring_ascii, None, ":", ",", False, False, False
 )

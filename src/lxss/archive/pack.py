@@ -42,7 +42,7 @@ def walk(top: str = ".") -> Iterator[str]:
 
 
 def _xattrs(path: str) -> dict[str, str]:
-    headers = {}
+    headers: dict[str, str] = {}
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:

@@ -189,7 +189,8 @@ class Unpacker:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(path, flags, 0o600)
         try:
-            sparse = member.sparse
+            # tarfile keeps a sparse member's (offset, size) map here; typeshed says int.
+            sparse: list[tuple[int, int]] | None = member.sparse  # type: ignore[assignment]
             if sparse:
                 for offset, size in sparse:
                     os.lseek(fd, offset, os.SEEK_SET)

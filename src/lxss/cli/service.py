@@ -20,18 +20,28 @@ def _src_dir() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _bootstrap(module: str) -> list[str]:
+    """argv that runs `module.main()` on this interpreter, without site-packages."""
+    code = (
+        f"import sys;sys.path.insert(0,{_src_dir()!r});"
+        f"from {module} import main;sys.exit(main(sys.argv[1:]))"
+    )
+    return [sys.executable, "-I", "-S", "-c", code]
+
+
+def lxss_argv() -> list[str]:
+    """argv that runs this lxss command again."""
+    return _bootstrap("lxss.cli.main")
+
+
 def _start_service() -> None:
     import subprocess  # only on this cold path: it costs ~10 ms to import
 
     runtime_dir = os.path.dirname(socket_path())
     os.makedirs(runtime_dir, 0o755, exist_ok=True)
-    bootstrap = (
-        f"import sys;sys.path.insert(0,{_src_dir()!r});"
-        "from lxss.service.main import main;sys.exit(main(sys.argv[1:]))"
-    )
     log_file = os.path.join(runtime_dir, "lxssd.log")
     subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", bootstrap, "--log-file", log_file],
+        [*_bootstrap("lxss.service.main"), "--log-file", log_file],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

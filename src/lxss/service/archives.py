@@ -19,7 +19,7 @@ from typing import Any, Final
 from lxss.archive import busybox
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import python_argv, spawn_mapped
-from lxss.service.aio import wait_readable
+from lxss.vm.aio import wait_readable
 
 log = logging.getLogger(__name__)
 

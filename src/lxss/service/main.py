@@ -21,7 +21,7 @@ from importlib import resources
 
 from lxss import __version__
 from lxss.api.server import VarlinkServer
-from lxss.service import registry
+from lxss.service import registry, runtime
 from lxss.service.handler import ServiceHandler
 from lxss.service.registry import Registry
 from lxss.service.settings import Settings
@@ -113,10 +113,8 @@ async def serve(settings: Settings, systemd: bool) -> None:
     db = Registry(settings.registry_path)
     os.chmod(settings.registry_path, 0o600)
     handler = ServiceHandler(db, settings)
-    runtime_module = _load_runtime()
-    if runtime_module is not None:
-        handler.runtime_factory = runtime_module.runtime_factory(settings)
-        runtime_module.clean_stale(settings)
+    handler.runtime_factory = runtime.runtime_factory(settings)
+    runtime.clean_stale(settings)
     await _recover(handler, db)
     interface = resources.files("lxss.api").joinpath("io.lxss.Service.varlink").read_text()
     server = VarlinkServer(interface, handler, "lxss", "lxssd", __version__)
@@ -145,15 +143,6 @@ async def serve(settings: Settings, systemd: bool) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(settings.socket_path)
         db.close()
-
-
-def _load_runtime() -> object | None:
-    """The runtime (utility VM, instances) when it is available in this build."""
-    try:
-        from lxss.service import runtime
-    except ImportError:
-        return None
-    return runtime
 
 
 def main(argv: list[str] | None = None) -> int:

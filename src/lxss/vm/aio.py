@@ -6,8 +6,7 @@ import asyncio
 import os
 
 
-async def wait_readable(fd: int, timeout: float | None) -> None:
-    """Wait until *fd* is readable (or at EOF/HUP); TimeoutError after *timeout* seconds."""
+async def _wait(fd: int, timeout: float | None, writing: bool) -> None:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
 
@@ -15,11 +14,20 @@ async def wait_readable(fd: int, timeout: float | None) -> None:
         if not future.done():
             future.set_result(None)
 
-    loop.add_reader(fd, ready)
+    (loop.add_writer if writing else loop.add_reader)(fd, ready)
     try:
         await asyncio.wait_for(future, timeout)
     finally:
-        loop.remove_reader(fd)
+        (loop.remove_writer if writing else loop.remove_reader)(fd)
+
+
+async def wait_readable(fd: int, timeout: float | None) -> None:
+    """Wait until *fd* is readable (or at EOF/HUP); TimeoutError after *timeout* seconds."""
+    await _wait(fd, timeout, writing=False)
+
+
+async def wait_writable(fd: int, timeout: float | None) -> None:
+    await _wait(fd, timeout, writing=True)
 
 
 async def wait_pid(pid: int, timeout: float | None) -> int:

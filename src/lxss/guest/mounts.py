@@ -1,0 +1,200 @@
+"""Mount plans: a distribution's root file system as a list of operations.
+
+Each operation can describe itself, so a plan can be printed (and checked by
+tests) without running it. mini_init builds the plan for a distribution and
+applies it in the distribution's new mount namespace, before pivot_root.
+
+Everything happens inside the owner's user namespace, which decides what is
+possible: no device node can be created (mknod needs the host's
+CAP_MKNOD), so /dev is a tmpfs with the host's harmless character devices
+bind-mounted in, and a private devpts instance for ptys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from lxss.linux import syscalls as sc
+
+# The host devices a distribution may reach: all of them are safe for anyone.
+DEVICES: Final = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS: Final = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+)
+_NOSUID_NODEV_NOEXEC: Final = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+
+
+class Operation(Protocol):
+    def describe(self) -> str: ...
+
+    def apply(self) -> None: ...
+
+
+def _mkdir(path: str, mode: int = 0o755) -> None:
+    with contextlib.suppress(FileExistsError):
+        os.makedirs(path, mode)
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str | None
+    target: str
+    fstype: str | None = None
+    flags: int = 0
+    data: str | None = None
+
+    def describe(self) -> str:
+        return f"mount {self.fstype or 'bind'} {self.source} on {self.target} flags={self.flags:#x}"
+
+    def apply(self) -> None:
+        _mkdir(self.target)
+        sc.mount(self.source, self.target, self.fstype, self.flags, self.data)
+
+
+@dataclass(frozen=True)
+class BindFile:
+    """Bind a host file (a device node) onto an empty file created for it."""
+
+    source: str
+    target: str
+
+    def describe(self) -> str:
+        return f"bind file {self.source} on {self.target}"
+
+    def apply(self) -> None:
+        fd = os.open(self.target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.close(fd)
+        sc.mount(self.source, self.target, None, sc.MS_BIND)
+
+
+@dataclass(frozen=True)
+class Remount:
+    """Change the flags of an existing bind mount (e.g. make it read-only)."""
+
+    target: str
+    flags: int
+
+    def describe(self) -> str:
+        return f"remount {self.target} flags={self.flags:#x}"
+
+    def apply(self) -> None:
+        sc.mount(None, self.target, None, sc.MS_REMOUNT | sc.MS_BIND | self.flags)
+
+
+@dataclass(frozen=True)
+class Propagation:
+    target: str
+    flags: int
+
+    def describe(self) -> str:
+        return f"propagation {self.target} flags={self.flags:#x}"
+
+    def apply(self) -> None:
+        sc.mount(None, self.target, None, self.flags)
+
+
+@dataclass(frozen=True)
+class Symlink:
+    target: str
+    link: str
+
+    def describe(self) -> str:
+        return f"symlink {self.link} -> {self.target}"
+
+    def apply(self) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.symlink(self.target, self.link)
+
+
+@dataclass(frozen=True)
+class Directory:
+    path: str
+    mode: int
+
+    def describe(self) -> str:
+        return f"mkdir {self.path} mode={self.mode:o}"
+
+    def apply(self) -> None:
+        _mkdir(self.path, self.mode)
+        os.chmod(self.path, self.mode)
+
+
+@dataclass(frozen=True)
+class RootLayout:
+    """What a distribution's root gets, decided by the VM and /etc/wsl.conf."""
+
+    root: str
+    shared_dir: str  # the VM's /mnt/wsl tmpfs (shared between its distributions)
+    own_network: bool  # a network namespace of its own: sysfs can be mounted fresh
+    host_mount: str | None  # where the host's root appears ("/mnt/host"), None: nowhere
+
+
+def distribution_plan(layout: RootLayout) -> list[Operation]:
+    """The mounts of a distribution's root, in order, all below *layout.root*."""
+    root = layout.root
+    dev = f"{root}/dev"
+    plan: list[Operation] = [
+        # pivot_root needs the new root to be a mount point.
+        Mount(root, root, None, sc.MS_BIND | sc.MS_REC),
+        Mount("proc", f"{root}/proc", "proc", _NOSUID_NODEV_NOEXEC),
+    ]
+    if layout.own_network:
+        plan.append(Mount("sysfs", f"{root}/sys", "sysfs", _NOSUID_NODEV_NOEXEC | sc.MS_RDONLY))
+    else:
+        # sysfs may only be mounted by the owner of the network namespace; share the host's.
+        plan += [
+            Mount("/sys", f"{root}/sys", None, sc.MS_BIND | sc.MS_REC),
+            Propagation(f"{root}/sys", sc.MS_REC | sc.MS_SLAVE),
+            Remount(f"{root}/sys", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC),
+        ]
+    plan.append(Mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=755,size=4m"))
+    plan += [BindFile(f"/dev/{name}", f"{dev}/{name}") for name in DEVICES]
+    plan += [
+        Mount("devpts", f"{dev}/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Mount("tmpfs", f"{dev}/shm", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777"),
+        Mount("mqueue", f"{dev}/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC),
+    ]  # fmt: skip
+    plan += [Symlink(target, f"{dev}/{name}") for name, target in DEV_LINKS]
+    plan += [
+        Mount("tmpfs", f"{root}/run", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755"),
+        Directory(f"{root}/run/lock", 0o1777),
+        Directory(f"{root}/run/user", 0o755),
+        Mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777"),
+        Mount(layout.shared_dir, f"{root}/mnt/wsl", None, sc.MS_BIND | sc.MS_REC),
+    ]
+    if layout.host_mount is not None:
+        target = f"{root}{layout.host_mount}"
+        plan += [
+            Mount("/", target, None, sc.MS_BIND | sc.MS_REC),
+            # Slave: a distribution unmounting under /mnt/host must not reach the host.
+            Propagation(target, sc.MS_REC | sc.MS_SLAVE),
+        ]
+    return plan
+
+
+def apply_plan(plan: list[Operation], log: list[str] | None = None) -> None:
+    for operation in plan:
+        if log is not None:
+            log.append(operation.describe())
+        operation.apply()
+
+
+def pivot_into(root: str) -> None:
+    """Make *root* the root directory and drop every view of the old one.
+
+    pivot_root(".", ".") stacks the old root under the new one at "/"; the
+    lazy unmount then removes it, so no path leads back to the host's tree
+    (see pivot_root(2), "NOTES").
+    """
+    os.chdir(root)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")

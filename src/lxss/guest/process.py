@@ -1,0 +1,156 @@
+"""What a launched process gets: its user, argv, environment and working directory.
+
+WSL's CreateProcessParseCommon and CreateProcessCommon, as a pure function of
+the request and the distribution's configuration, so the session leader can
+refuse a bad request (a missing user) before forking a relay, and tests can
+check every rule without a distribution.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Final
+
+from lxss.guest.users import User, UserDatabase
+
+# WSL's exit code for "user not found" (EX_NOUSER), reused as a launch result.
+USER_NOT_FOUND: Final = 67
+DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What the caller's environment may not override: identity comes from the distribution.
+RESERVED: Final = frozenset({"HOME", "USER", "LOGNAME", "SHELL", "LXSS_DISTRO_NAME"})
+
+
+class PlanError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Request:
+    """The parts of an InitCreateProcess that decide what runs."""
+
+    filename: str | None
+    command_line: list[str]
+    cwd: str | None
+    host_cwd: str | None
+    username: str | None
+    login_shell: bool
+    default_uid: int
+    environment: list[str]
+    distribution_name: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """The distribution's side: its users, /etc/wsl.conf and where the host is mounted."""
+
+    users: UserDatabase
+    conf_default_user: str | None
+    hostname: str
+    host_mount: str | None
+    umask: int = 0o022
+    lang: str = "C.UTF-8"
+
+
+@dataclass(frozen=True)
+class Plan:
+    user: User
+    groups: list[int]
+    executable: str
+    argv: list[str]
+    environment: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    umask: int = 0o022
+
+
+def choose_user(request: Request, context: Context) -> User:
+    """-u USER, else wsl.conf's [user] default, else the registered default uid, else root."""
+    if request.username:
+        user = context.users.lookup(request.username)
+        if user is None:
+            raise PlanError(USER_NOT_FOUND, f"there is no user '{request.username}'")
+        return user
+    if context.conf_default_user:
+        user = context.users.lookup(context.conf_default_user)
+        if user is not None:
+            return user
+    user = context.users.by_uid(request.default_uid)
+    return (
+        user if user is not None else context.users.by_uid(0) or User("root", 0, 0, "/", "/bin/sh")
+    )
+
+
+def _shell(user: User) -> str:
+    return user.shell if user.shell and os.path.isfile(user.shell) else "/bin/sh"
+
+
+def _expand_home(path: str, home: str) -> str:
+    if path == "~":
+        return home
+    if path.startswith("~/"):
+        return os.path.join(home, path[2:])
+    return path
+
+
+def choose_cwd(request: Request, context: Context, user: User) -> str:
+    """--cd (a distribution path or ~), else the caller's host directory through the
+    host mount when it is reachable, else the user's home."""
+    if request.cwd:
+        return _expand_home(request.cwd, user.home)
+    if request.host_cwd and context.host_mount:
+        translated = context.host_mount.rstrip("/") + request.host_cwd
+        if os.path.isdir(translated):
+            return translated
+    return user.home
+
+
+def build_environment(request: Request, context: Context, user: User, shell: str) -> dict[str, str]:
+    environment = {
+        "PATH": DEFAULT_PATH,
+        "LANG": context.lang,
+        "TERM": "xterm-256color",
+        "HOSTTYPE": os.uname().machine,
+        "NAME": context.hostname,
+    }
+    for entry in request.environment:
+        name, sep, value = entry.partition("=")
+        if sep and name and name not in RESERVED:
+            environment[name] = value
+    environment.update(
+        HOME=user.home,
+        USER=user.name,
+        LOGNAME=user.name,
+        SHELL=shell,
+        LXSS_DISTRO_NAME=request.distribution_name,
+    )
+    return environment
+
+
+def plan(request: Request, context: Context) -> Plan:
+    """Everything the relay needs to exec the program; PlanError if it cannot run."""
+    user = choose_user(request, context)
+    shell = _shell(user)
+    if request.filename is not None:
+        if not request.command_line:
+            raise PlanError(22, "an exec request needs an argv")
+        executable, argv = request.filename, list(request.command_line)
+    else:
+        argv0 = "-" + os.path.basename(shell) if request.login_shell else shell
+        if not request.command_line:
+            argv = [argv0]
+        elif len(request.command_line) == 1:
+            argv = [argv0, "-c", request.command_line[0]]
+        else:
+            raise PlanError(22, "a shell command is one string")
+        executable = shell
+    return Plan(
+        user=user,
+        groups=context.users.supplementary_groups(user),
+        executable=executable,
+        argv=argv,
+        environment=build_environment(request, context, user, shell),
+        cwd=choose_cwd(request, context, user),
+        umask=context.umask,
+    )

@@ -1,0 +1,91 @@
+"""The session leader: one per client console (WSL's session leader; doc session-leader.md).
+
+Forked by init for a CreateSession. It leads a session of its own and answers
+CreateProcess requests one at a time: it decides what the program will be
+(user, argv, environment, directory — see lxss.guest.process), refuses a
+request that cannot run (an unknown user) before anything is forked, and
+otherwise forks a relay for it and answers with the relay's pid. When the
+service closes the channel, the session leader exits; relays run on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+from lxss.guest import relay
+from lxss.guest.process import Context, PlanError, Request, plan
+from lxss.guest.users import UserDatabase
+from lxss.linux import syscalls as sc
+from lxss.protocol import messages as m
+from lxss.protocol.channel import Channel, ChannelClosed
+from lxss.protocol.framing import ProtocolError
+
+
+def _request(message: m.InitCreateProcess) -> Request:
+    return Request(
+        filename=message.filename,
+        command_line=list(message.command_line),
+        cwd=message.cwd,
+        host_cwd=message.host_cwd,
+        username=message.username,
+        login_shell=bool(message.shell_options & m.InitCreateProcess.SHELL_LOGIN),
+        default_uid=message.default_uid,
+        environment=list(message.environment),
+        distribution_name=message.distribution_name or "",
+    )
+
+
+def _fresh(context: Context) -> Context:
+    """The context with the users as they are now (someone may have run useradd)."""
+    return Context(
+        users=UserDatabase(),
+        conf_default_user=context.conf_default_user,
+        hostname=context.hostname,
+        host_mount=context.host_mount,
+        umask=context.umask,
+        lang=context.lang,
+    )
+
+
+def serve_one(channel: Channel, context: Context) -> None:
+    header, message, fds = channel.receive_with_header(m.InitCreateProcess, timeout=float("inf"))
+    try:
+        named = message.name_fds(fds)
+        launch = plan(_request(message), _fresh(context))
+    except PlanError as e:
+        for fd in fds:
+            os.close(fd)
+        channel.reply(header, m.InitCreateProcessResponse(result=e.code, pid=0, message=str(e)))
+        return
+    except ProtocolError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            channel.close()
+            code = relay.main(launch, message, named)
+        finally:
+            os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    channel.reply(header, m.InitCreateProcessResponse(result=0, pid=pid, message=None))
+
+
+def main(sock: socket.socket, context: Context) -> int:
+    os.setsid()
+    sc.set_process_name("session")
+    # Relays are reaped by the kernel: nobody waits for them here.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    channel = Channel(sock, "session")
+    try:
+        while True:
+            serve_one(channel, context)
+    except ChannelClosed:
+        return 0
+    finally:
+        channel.close()

@@ -1,0 +1,340 @@
+"""The guest protocol's message catalogue.
+
+WSL counterpart: ``LX_MESSAGE_TYPE`` and the message structs of ``src/shared/inc/lxinitshared.h``.
+Messages are named by their receiver as there: ``Init*`` go to a distribution's init, session
+leader or relay, ``MiniInit*`` to mini_init. Type numbers are WSL's where WSL has the message;
+lxss's own start at 120. The fields are lxss's: what this implementation needs, no more.
+
+Each class behaves as a frozen dataclass. Its field annotations (``U32``, ``Str``...) say how a
+field travels (see :mod:`lxss.protocol.codec`), ``TYPE`` is its number, and ``FDS`` or
+:meth:`~lxss.protocol.codec.Message.fd_count` says how many descriptors ride with it
+(SCM_RIGHTS). :func:`encode` and :func:`decode` are re-exported from the codec; defining a class
+here is what puts it in :data:`CATALOGUE`.
+"""
+
+from collections.abc import Sequence
+from enum import IntEnum
+from typing import ClassVar, NamedTuple
+
+from lxss.protocol.codec import (
+    CATALOGUE,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+    Bool,
+    Bytes,
+    FrozenInstanceError,
+    Message,
+    Str,
+    Strs,
+    decode,
+    encode,
+    message_error,
+    type_name,
+)
+from lxss.protocol.framing import MessageHeader, ProtocolError
+
+__all__ = [
+    "CATALOGUE",
+    "CreateProcessFds",
+    "FailureStep",
+    "FrozenInstanceError",
+    "InitCreateProcess",
+    "InitCreateProcessResponse",
+    "InitCreateSession",
+    "InitCreateSessionResponse",
+    "InitExitStatus",
+    "InitInitialize",
+    "InitInitializeResponse",
+    "InitSignal",
+    "InitTerminateInstance",
+    "InitWindowSizeChanged",
+    "Message",
+    "MessageHeader",
+    "MiniInitChildExit",
+    "MiniInitCreateInstanceResult",
+    "MiniInitEarlyConfig",
+    "MiniInitGuestCapabilities",
+    "MiniInitInitialConfig",
+    "MiniInitLaunchInit",
+    "NetworkingMode",
+    "ProtocolError",
+    "ResultBool",
+    "ResultInt32",
+    "ResultUint8",
+    "ResultUint32",
+    "decode",
+    "encode",
+    "type_name",
+]
+
+
+class CreateProcessFds(NamedTuple):
+    """The descriptors of an InitCreateProcess, by role. Unused roles are None."""
+
+    control: int  # carries WindowSizeChanged, Signal and ExitStatus
+    lifetime: int  # the client holds the other end; its hangup means the client is gone
+    console: int | None = None  # the client's terminal, when any stream is a console
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+
+
+# --- the catalogue ----------------------------------------------------------------------------
+
+
+class InitCreateSession(Message):
+    """Service -> init: start a session leader for one client console."""
+
+    TYPE: ClassVar[int] = 2
+    console_id: I64  # identifies the client console the session serves
+
+
+class InitCreateSessionResponse(Message):
+    """Init -> service. On success one descriptor travels: the new session leader's channel."""
+
+    TYPE: ClassVar[int] = 3
+    result: I32  # 0 or an errno
+
+    def fd_count(self) -> int:
+        return 1 if self.result == 0 else 0
+
+
+class InitInitialize(Message):
+    """Service -> init: the configuration a distribution's init applies before its first session."""
+
+    TYPE: ClassVar[int] = 5
+    hostname: Str
+    domainname: Str
+    distribution_name: Str
+    default_uid: U32  # the registry's default uid, before /etc/wsl.conf's [user] default
+    feature_flags: U32  # LX_INIT_FEATURE_FLAGS-style bits
+    timezone: Str  # IANA name, e.g. "Europe/Paris"
+
+
+class InitInitializeResponse(Message):
+    """Init -> service: what the distribution turned out to be."""
+
+    TYPE: ClassVar[int] = 6
+    result: I32  # 0 or an errno
+    default_uid: U32  # after /etc/wsl.conf's [user] default
+    systemd_enabled: Bool
+    pid_namespace: U64  # inode of the distribution's pid namespace
+    flavor: Str  # os-release ID
+    version: Str  # os-release VERSION_ID
+    warnings: Strs  # one line each, for the user
+
+
+class InitCreateProcess(Message):
+    """Service -> session leader: launch one program through a new relay.
+
+    Descriptors, in order: ``control``, ``lifetime``, then ``console`` if any ``*_CONSOLE`` flag
+    is set, then ``stdin``, ``stdout``, ``stderr`` for each stream whose flag is *not* set.
+    :meth:`name_fds` names them; :meth:`order_fds` lays them out.
+    """
+
+    TYPE: ClassVar[int] = 8
+    STDIN_CONSOLE: ClassVar[int] = 0x1
+    STDOUT_CONSOLE: ClassVar[int] = 0x2
+    STDERR_CONSOLE: ClassVar[int] = 0x4
+    CONSOLE_FLAGS: ClassVar[int] = 0x7
+    SHELL_LOGIN: ClassVar[int] = 0x1  # run the user's shell as a login shell
+    SHELL_NONE: ClassVar[int] = 0x2  # exec filename directly; no shell wraps the command line
+
+    rows: U16  # initial terminal size, when a stream is a console
+    columns: U16
+    flags: U32  # *_CONSOLE bits
+    shell_options: U32  # SHELL_* bits
+    default_uid: U32  # used when username is None
+    filename: Str  # the program; None means the user's shell
+    cwd: Str  # None means the user's home directory
+    username: Str  # None means default_uid
+    command_line: Strs  # argv, argv[0] included
+    environment: Strs  # "NAME=value" entries added to the distribution's defaults
+    distribution_name: Str
+    host_cwd: Str  # the client's directory on the host: the start directory when cwd is None
+
+    def fd_count(self) -> int:
+        return 2 + sum(needed for _, needed in self._roles())
+
+    def _roles(self) -> list[tuple[str, bool]]:
+        """The optional descriptor roles in wire order, each with whether the flags need it."""
+        return [
+            ("console", bool(self.flags & self.CONSOLE_FLAGS)),
+            ("stdin", not self.flags & self.STDIN_CONSOLE),
+            ("stdout", not self.flags & self.STDOUT_CONSOLE),
+            ("stderr", not self.flags & self.STDERR_CONSOLE),
+        ]
+
+    def name_fds(self, fds: Sequence[int]) -> CreateProcessFds:
+        """Name the descriptors received with this message, by role.
+
+        Raises ``ProtocolError`` if their number is not :meth:`fd_count`. Ownership does not
+        change: the caller still owns every descriptor in ``fds``.
+        """
+        if len(fds) != self.fd_count():
+            raise message_error(type(self), None, f"{len(fds)} descriptors, not {self.fd_count()}")
+        rest = iter(fds[2:])
+        optional = {role: next(rest) if needed else None for role, needed in self._roles()}
+        return CreateProcessFds(fds[0], fds[1], **optional)
+
+    def order_fds(self, fds: CreateProcessFds) -> list[int]:
+        """Lay out ``fds`` in wire order for this message's flags.
+
+        Raises ``ValueError`` if a role the flags need is None or one they exclude is set, so a
+        sender cannot ship a layout the receiver would misread.
+        """
+        ordered = [fds.control, fds.lifetime]
+        for role, needed in self._roles():
+            fd = getattr(fds, role)
+            if needed != (fd is not None):
+                state = "needs" if needed else "must not have"
+                raise ValueError(f"InitCreateProcess with flags {self.flags:#x} {state} {role}")
+            if fd is not None:
+                ordered.append(fd)
+        return ordered
+
+
+class InitExitStatus(Message):
+    """Relay -> client: the program ended. The client echoes it back as an acknowledgement."""
+
+    TYPE: ClassVar[int] = 9
+    exit_code: I32  # 0-255, or 128+N for death by signal N
+
+
+class InitWindowSizeChanged(Message):
+    """Client -> relay: the client's terminal was resized."""
+
+    TYPE: ClassVar[int] = 10
+    rows: U16
+    columns: U16
+
+
+class InitCreateProcessResponse(Message):
+    """Relay or session leader -> client: whether the program started."""
+
+    TYPE: ClassVar[int] = 11
+    result: I32  # 0 or an errno
+    pid: I32  # the program's pid in the distribution, when result is 0
+    message: Str  # why it failed, for the user, e.g. "user 'bob' not found"
+
+
+class InitTerminateInstance(Message):
+    """Service -> init: stop the distribution. Replied to with ResultBool."""
+
+    TYPE: ClassVar[int] = 14
+    force: Bool  # kill what refuses to stop
+
+
+class MiniInitLaunchInit(Message):
+    """Service -> mini_init: start a distribution. One descriptor: its init's channel."""
+
+    TYPE: ClassVar[int] = 29
+    FDS: ClassVar[int] = 1
+    distribution_name: Str
+    guid: Str  # the registry's GUID for the distribution
+    root_path: Str  # its root filesystem, as mini_init sees it
+    hostname: Str
+    flags: U32
+    default_uid: U32
+
+
+class FailureStep(IntEnum):
+    """Where starting a distribution failed (``MiniInitCreateInstanceResult.failure_step``)."""
+
+    NONE = 0
+    MOUNT = 1
+    LAUNCH_INIT = 2
+    CONFIG = 3
+
+
+class MiniInitCreateInstanceResult(Message):
+    """Mini_init -> service: the outcome of MiniInitLaunchInit."""
+
+    TYPE: ClassVar[int] = 33
+    result: I32  # 0 or an errno
+    failure_step: U32  # a FailureStep
+    pid: I32  # init's pid as mini_init sees it
+    warnings: Strs  # one line each, for the user
+
+
+class MiniInitEarlyConfig(Message):
+    """Service -> mini_init: settings needed before anything else starts."""
+
+    TYPE: ClassVar[int] = 36
+    hostname: Str
+    memory_bytes: U64  # memory the utility VM may use
+    processors: U32
+    flags: U32
+
+
+class NetworkingMode(IntEnum):
+    """``MiniInitInitialConfig.networking_mode``; WSL's numbering."""
+
+    NONE = 0
+    NAT = 1
+    BRIDGED = 2
+    MIRRORED = 3
+    VIRTIO_PROXY = 4
+
+
+class MiniInitInitialConfig(Message):
+    """Service -> mini_init: configuration sent once the guest is up."""
+
+    TYPE: ClassVar[int] = 37
+    networking_mode: U32  # a NetworkingMode
+    entropy: Bytes  # random bytes to seed the guest's pool
+
+
+class MiniInitGuestCapabilities(Message):
+    """Mini_init -> service: the first message on a new utility VM channel."""
+
+    TYPE: ClassVar[int] = 43
+    kernel_version: Str  # uname -r
+    pid: I32  # mini_init's pid as the host sees it
+
+
+class MiniInitChildExit(Message):
+    """Mini_init -> service: a distribution's init exited."""
+
+    TYPE: ClassVar[int] = 45
+    child_pid: I32
+    status: I32  # the raw wait(2) status
+
+
+class ResultBool(Message):
+    """Generic reply carrying one bool."""
+
+    TYPE: ClassVar[int] = 76
+    value: Bool
+
+
+class ResultInt32(Message):
+    """Generic reply carrying one signed 32-bit integer."""
+
+    TYPE: ClassVar[int] = 77
+    value: I32
+
+
+class ResultUint32(Message):
+    """Generic reply carrying one unsigned 32-bit integer."""
+
+    TYPE: ClassVar[int] = 78
+    value: U32
+
+
+class ResultUint8(Message):
+    """Generic reply carrying one byte."""
+
+    TYPE: ClassVar[int] = 79
+    value: U8
+
+
+class InitSignal(Message):
+    """Client -> relay (lxss addition): deliver a signal to the program's process group."""
+
+    TYPE: ClassVar[int] = 120
+    signal: I32

@@ -1,0 +1,495 @@
+"""The running side of a UserSession: its utility VM, running instances and their lifetime
+(WSL's WslCoreVm, WslCoreInstance and LifetimeManager, for one user).
+
+- `create_process` starts the VM and the distribution on demand, then asks the
+  console's session leader for a relay. Each relay holds a "lifetime" socket
+  whose other end the service watches: a distribution is busy while any relay
+  lives, and its idle timer (instanceIdleTimeout) runs only when none does.
+- A distribution that ends (TerminateInstance, `reboot -f` inside, a crash)
+  is reported by mini_init's ChildExit; when no distribution runs, the VM's
+  idle timer (vmIdleTimeout) runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import socket
+import stat
+import time
+from typing import Any
+
+from lxss.api import errors
+from lxss.api.server import Call
+from lxss.config.lxssconf import LxssConfig, load_lxss_config
+from lxss.protocol import messages as m
+from lxss.protocol.channel import ChannelClosed
+from lxss.protocol.framing import ProtocolError
+from lxss.service.registry import Distribution
+from lxss.service.settings import Settings
+from lxss.vm import cgroup
+from lxss.vm.link import GuestLink
+from lxss.vm.namespace import NamespaceBackend, NamespaceVm, VmStartError
+from lxss.vm.spec import VmSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from lxss.service.session import UserSession
+
+log = logging.getLogger(__name__)
+
+USER_NOT_FOUND = 67  # the session leader's result for an unknown user (WSL's EX_NOUSER)
+TERMINATE_TIMEOUT = 10.0
+MAX_LEADERS = 64
+CONFIG_LIMIT = 1 << 20
+_GUEST_ERRORS = (ChannelClosed, ProtocolError, TimeoutError, OSError)
+
+
+def _read_owned_file(path: str, uid: int) -> str | None:
+    """A user's config file, read by root only if that user owns it (no symlink, no fifo):
+    a user must not make the service read a file they could not read themselves."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_size > CONFIG_LIMIT:
+            return None
+        return os.read(fd, CONFIG_LIMIT).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
+class Instance:
+    """One running distribution."""
+
+    def __init__(self, distribution: Distribution, link: GuestLink, vm_pid: int) -> None:
+        self.distribution = distribution
+        self.link = link
+        self.vm_pid = vm_pid
+        self.default_uid = distribution.default_uid
+        self.leaders: dict[int, GuestLink] = {}
+        self.relays: set[socket.socket] = set()
+        self.idle: asyncio.TimerHandle | None = None
+        self.warnings: list[str] = []
+        self.ended = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.distribution.name} pid={self.vm_pid} relays={len(self.relays)}>"
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.idle is not None:
+            self.idle.cancel()
+        for relay in self.relays:
+            loop.remove_reader(relay.fileno())
+            relay.close()
+        self.relays.clear()
+        for leader in self.leaders.values():
+            leader.close()
+        self.leaders.clear()
+        self.link.close()
+        self.ended.set()
+
+
+class Runtime:
+    def __init__(self, session: UserSession, settings: Settings, backend: NamespaceBackend) -> None:
+        self.session = session
+        self.settings = settings
+        self.backend = backend
+        self.vm: NamespaceVm | None = None
+        self.config: LxssConfig | None = None
+        self.instances: dict[str, Instance] = {}
+        self._lock = asyncio.Lock()
+        self._vm_idle: asyncio.TimerHandle | None = None
+        self._notify_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coroutine: Any) -> None:
+        """Run *coroutine* in the background, keeping the task alive until it ends."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # Queries ---------------------------------------------------------------------
+
+    def is_running(self, guid: str) -> bool:
+        return guid in self.instances
+
+    def vm_running(self) -> bool:
+        return self.vm is not None and self.vm.running()
+
+    def backends(self) -> tuple[str, ...]:
+        return ("1",)
+
+    # Configuration ----------------------------------------------------------------
+
+    def load_config(self) -> LxssConfig:
+        """/etc/lxss.conf and the owner's ~/.lxssconfig, read at VM start (as WSL reads
+        .wslconfig), with the machine's pidsLimit as a ceiling the user cannot raise."""
+        machine_text = None
+        with contextlib.suppress(OSError), open(self.settings.machine_config) as f:
+            machine_text = f.read(CONFIG_LIMIT)
+        user_file = os.path.join(self.session.owner.home, ".lxssconfig")
+        user_text = _read_owned_file(user_file, self.session.uid)
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        cpus = os.cpu_count() or 1
+        config, warnings = load_lxss_config(
+            machine_text, self.settings.machine_config, user_text, user_file, ram, cpus
+        )
+        machine, _ = load_lxss_config(
+            machine_text, self.settings.machine_config, None, "", ram, cpus
+        )
+        if config.pids_limit > machine.pids_limit:
+            config = dataclasses.replace(config, pids_limit=machine.pids_limit)
+        for warning in warnings:
+            log.warning("uid %d: %s", self.session.uid, warning)
+        return config
+
+    # The VM ----------------------------------------------------------------------
+
+    async def ensure_vm(self) -> NamespaceVm:
+        if self.vm is not None and self.vm.running():
+            return self.vm
+        if self.vm is not None:
+            await self._vm_gone()
+        self.config = config = self.load_config()
+        spec = VmSpec(
+            owner_uid=self.session.uid,
+            memory_bytes=config.memory_bytes,
+            processors=config.processors,
+            pids_limit=config.pids_limit,
+            networking_mode=config.networking_mode.value,
+            hostname=socket.gethostname(),
+            boot_timeout_s=config.kernel_boot_timeout_ms / 1000,
+            distribution_start_timeout_s=config.distribution_start_timeout_ms / 1000,
+        )
+        started = time.monotonic()
+        try:
+            self.vm = await self.backend.start(spec, self.session.mapping())
+        except (VmStartError, OSError, TimeoutError) as e:
+            raise errors.StartFailed(distribution="(utility VM)", reason=str(e)) from None
+        log.info("uid %d: utility VM started in %.0f ms", self.session.uid,
+                 (time.monotonic() - started) * 1000)  # fmt: skip
+        self._notify_task = asyncio.get_running_loop().create_task(self._watch_notify(self.vm))
+        return self.vm
+
+    async def _watch_notify(self, vm: NamespaceVm) -> None:
+        """mini_init's notifications: a distribution's init exited (or the VM did)."""
+        try:
+            while True:
+                message, fds = await vm.notify.receive((m.MiniInitChildExit,), timeout=float("inf"))
+                for fd in fds:
+                    os.close(fd)
+                assert isinstance(message, m.MiniInitChildExit)
+                for instance in list(self.instances.values()):
+                    if instance.vm_pid == message.child_pid:
+                        self._instance_gone(instance)
+        except _GUEST_ERRORS:
+            if self.vm is vm:
+                await self._vm_gone()
+
+    async def _vm_gone(self) -> None:
+        vm, self.vm = self.vm, None
+        for instance in list(self.instances.values()):
+            self._instance_gone(instance)
+        if vm is not None:
+            log.info("uid %d: utility VM stopped", self.session.uid)
+            await vm.stop(force=True)
+
+    def _arm_vm_idle(self) -> None:
+        if self._vm_idle is not None:
+            self._vm_idle.cancel()
+            self._vm_idle = None
+        if self.instances or self.vm is None or self.session.locked:
+            return
+        timeout = self.config.vm_idle_timeout_ms if self.config else 60000
+        if timeout < 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._vm_idle = loop.call_later(
+            timeout / 1000, lambda: loop.create_task(self._vm_idle_fired())
+        )
+
+    async def _vm_idle_fired(self) -> None:
+        self._vm_idle = None
+        if not self.instances and self.vm is not None:
+            async with self._lock:
+                if not self.instances:
+                    await self._vm_gone()
+
+    # Instances -------------------------------------------------------------------
+
+    async def ensure_instance(self, distribution: Distribution) -> Instance:
+        async with self._lock:
+            instance = self.instances.get(distribution.guid)
+            if instance is not None:
+                return instance
+            vm = await self.ensure_vm()
+            if self._vm_idle is not None:
+                self._vm_idle.cancel()
+                self._vm_idle = None
+            try:
+                instance = await self._launch(vm, distribution)
+            except BaseException:
+                self._arm_vm_idle()
+                raise
+            self.instances[distribution.guid] = instance
+            return instance
+
+    async def _launch(self, vm: NamespaceVm, distribution: Distribution) -> Instance:
+        name = distribution.name
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        link = GuestLink(ours, f"init:{name}")
+        try:
+            launch = m.MiniInitLaunchInit(
+                distribution_name=name,
+                guid=distribution.guid,
+                root_path=os.path.join(distribution.base_path, "rootfs"),
+                hostname=vm.spec.hostname,
+                flags=0,
+                default_uid=distribution.default_uid,
+            )
+            try:
+                await vm.control.send(launch, [theirs.fileno()])
+            finally:
+                theirs.close()
+            timeout = vm.spec.distribution_start_timeout_s
+            result, _ = await link.receive((m.MiniInitCreateInstanceResult,), timeout=timeout)
+            assert isinstance(result, m.MiniInitCreateInstanceResult)
+            if result.result != 0:
+                step = m.FailureStep(result.failure_step).name.lower().replace("_", " ")
+                detail = "; ".join(result.warnings) or os.strerror(result.result)
+                raise errors.StartFailed(distribution=name, reason=f"{detail} (step: {step})")
+            instance = Instance(distribution, link, result.pid)
+            instance.warnings = list(result.warnings)
+            initialize = m.InitInitialize(
+                hostname=vm.spec.hostname,
+                domainname="",
+                distribution_name=name,
+                default_uid=distribution.default_uid,
+                feature_flags=0,
+                timezone=_host_timezone(),
+            )
+            reply, _ = await link.transaction(initialize, m.InitInitializeResponse)
+        except errors.VarlinkError:
+            link.close()
+            raise
+        except _GUEST_ERRORS as e:
+            link.close()
+            raise errors.StartFailed(distribution=name, reason=str(e)) from None
+        instance.default_uid = reply.default_uid
+        instance.warnings += list(reply.warnings)
+        if (reply.flavor or "", reply.version or "") != (
+            distribution.os_id,
+            distribution.os_version_id,
+        ):
+            self.session.registry.set_os_release(
+                distribution.guid, reply.flavor or "", reply.version or ""
+            )
+        log.info("uid %d: %s started (init pid %d in the VM)", self.session.uid, name, result.pid)
+        self._arm_idle(instance)
+        return instance
+
+    def _instance_gone(self, instance: Instance) -> None:
+        if self.instances.get(instance.distribution.guid) is instance:
+            del self.instances[instance.distribution.guid]
+            log.info("uid %d: %s stopped", self.session.uid, instance.distribution.name)
+        instance.close()
+        self._arm_vm_idle()
+
+    def _arm_idle(self, instance: Instance) -> None:
+        if instance.idle is not None:
+            instance.idle.cancel()
+            instance.idle = None
+        if instance.relays:
+            return
+        timeout = self.config.instance_idle_timeout_ms if self.config else 15000
+        if timeout < 0:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            instance.idle = None
+            if not instance.relays and self.instances.get(instance.distribution.guid) is instance:
+                self._spawn(self.terminate(instance.distribution.guid, force=False))
+
+        instance.idle = loop.call_later(timeout / 1000, fire)
+
+    def _track_relay(self, instance: Instance, lifetime: socket.socket) -> None:
+        """The relay holds the other end of *lifetime*; its closing means the relay ended."""
+        loop = asyncio.get_running_loop()
+        lifetime.setblocking(False)
+        instance.relays.add(lifetime)
+        if instance.idle is not None:
+            instance.idle.cancel()
+            instance.idle = None
+
+        def ended() -> None:
+            with contextlib.suppress(BlockingIOError):
+                if lifetime.recv(1):
+                    return  # a relay never writes; ignore anything it might
+            loop.remove_reader(lifetime.fileno())
+            instance.relays.discard(lifetime)
+            lifetime.close()
+            if self.instances.get(instance.distribution.guid) is instance:
+                self._arm_idle(instance)
+
+        loop.add_reader(lifetime.fileno(), ended)
+
+    async def _leader(self, instance: Instance, console_id: int) -> GuestLink:
+        leader = instance.leaders.get(console_id)
+        if leader is not None and not leader.closed:
+            return leader
+        if len(instance.leaders) >= MAX_LEADERS:
+            oldest = next(iter(instance.leaders))
+            instance.leaders.pop(oldest).close()  # the leader exits; its relays run on
+        reply, fds = await instance.link.transaction(
+            m.InitCreateSession(console_id=console_id), m.InitCreateSessionResponse
+        )
+        if reply.result != 0 or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise errors.StartFailed(
+                distribution=instance.distribution.name,
+                reason=f"no session leader: {os.strerror(reply.result or errno.EIO)}",
+            )
+        leader = GuestLink(socket.socket(fileno=fds[0]), f"session:{instance.distribution.name}")
+        instance.leaders[console_id] = leader
+        return leader
+
+    # Operations ------------------------------------------------------------------
+
+    async def create_process(self, call: Call) -> dict[str, Any]:
+        p = call.parameters
+        session = self.session
+        distribution = session.resolve(p.get("distribution"))
+        session.ensure_unlocked(distribution)
+        names = ("control", "console", "stdin", "stdout", "stderr")
+        fds = {name: call.take_fd(name) for name in names}
+        lifetime: socket.socket | None
+        lifetime, lifetime_remote = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if fds["control"] is None:
+                raise errors.InvalidParameter(parameter="control")
+            flags = 0
+            for flag, name in ((1, "stdin"), (2, "stdout"), (4, "stderr")):
+                if fds[name] is None:
+                    flags |= flag
+            if flags and fds["console"] is None:
+                raise errors.InvalidArgument(
+                    parameter="console", reason="needed for every stream not passed as an fd"
+                )
+            if not flags and fds["console"] is not None:
+                os.close(fds.pop("console") or -1)
+                fds["console"] = None
+            instance = await self.ensure_instance(distribution)
+            shell_type = p["shellType"]
+            message = m.InitCreateProcess(
+                rows=max(1, min(p["rows"], 0xFFFF)),
+                columns=max(1, min(p["columns"], 0xFFFF)),
+                flags=flags,
+                shell_options=m.InitCreateProcess.SHELL_LOGIN if shell_type == "login" else 0,
+                default_uid=instance.default_uid,
+                filename=p.get("filename"),
+                cwd=p.get("cwd"),
+                username=p.get("username"),
+                command_line=tuple(p["commandLine"]),
+                environment=tuple(p["environment"]),
+                distribution_name=distribution.name,
+                host_cwd=p.get("hostCwd"),
+            )
+            ordered = message.order_fds(
+                m.CreateProcessFds(
+                    control=fds["control"],
+                    lifetime=lifetime_remote.fileno(),
+                    console=fds["console"],
+                    stdin=fds["stdin"],
+                    stdout=fds["stdout"],
+                    stderr=fds["stderr"],
+                )
+            )
+            try:
+                leader = await self._leader(instance, p["consoleId"])
+                reply, _ = await leader.transaction(message, m.InitCreateProcessResponse, ordered)
+            except _GUEST_ERRORS as e:
+                raise errors.StartFailed(distribution=distribution.name, reason=str(e)) from None
+            if reply.result == USER_NOT_FOUND:
+                raise errors.UserNotFound(user=p.get("username") or "")
+            if reply.result != 0:
+                raise errors.InvalidArgument(parameter="commandLine", reason=reply.message or "")
+            self._track_relay(instance, lifetime)
+            lifetime = None
+            warnings, instance.warnings = instance.warnings, []
+        finally:
+            for fd in fds.values():
+                if fd is not None:
+                    os.close(fd)
+            lifetime_remote.close()
+            if lifetime is not None:
+                lifetime.close()
+        return {"guid": distribution.guid, "name": distribution.name, "warnings": warnings}
+
+    async def terminate(self, guid: str, force: bool) -> None:
+        """Stop one distribution: ask its init, then make sure."""
+        instance = self.instances.get(guid)
+        if instance is None:
+            return
+        with contextlib.suppress(*_GUEST_ERRORS):
+            await instance.link.transaction(
+                m.InitTerminateInstance(force=force), m.ResultBool, timeout=5.0
+            )
+        try:
+            await asyncio.wait_for(instance.ended.wait(), TERMINATE_TIMEOUT)
+        except TimeoutError:
+            log.error("uid %d: %s did not stop; stopping the VM", self.session.uid,
+                      instance.distribution.name)  # fmt: skip
+            async with self._lock:
+                await self._vm_gone()
+
+    async def shutdown(self, force: bool) -> None:
+        async with self._lock:
+            if not force:
+                for guid in list(self.instances):
+                    await self.terminate(guid, force=False)
+            await self._vm_gone()
+            if self._vm_idle is not None:
+                self._vm_idle.cancel()
+                self._vm_idle = None
+
+
+def _host_timezone() -> str:
+    try:
+        target = os.readlink("/etc/localtime")
+    except OSError:
+        return ""
+    marker = "zoneinfo/"
+    return target.split(marker, 1)[1] if marker in target else ""
+
+
+def runtime_factory(settings: Settings) -> Any:
+    layout = cgroup.Layout.detect()
+    backend = NamespaceBackend(layout, settings.cgroup_name, settings.runtime_dir)
+
+    def make(session: UserSession) -> Runtime:
+        return Runtime(session, settings, backend)
+
+    return make
+
+
+def clean_stale(settings: Settings) -> None:
+    """Remove what a previous service (killed, crashed) left: VM cgroups and scratch dirs."""
+    layout = cgroup.Layout.detect()
+    for group in cgroup.stale_groups(layout, settings.cgroup_name):
+        log.warning("removing stale cgroup %s", group.relative)
+        group.destroy()
+    scratch_root = os.path.join(settings.runtime_dir, "vm")
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(scratch_root):
+            with contextlib.suppress(OSError):
+                os.rmdir(entry.path)

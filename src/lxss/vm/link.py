@@ -1,0 +1,164 @@
+"""The service's end of a guest channel, on asyncio.
+
+The same codec, framing and sequencing rules (ChannelState) as the guest's
+blocking Channel; only the waiting differs. One transaction at a time per
+channel (as WSL's SocketChannel requires): `transaction` holds a lock.
+Everything the guest sends is untrusted: malformed input raises
+ProtocolError and the caller drops the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TypeVar
+
+from lxss.api.wire import fds_from_ancillary, fds_to_bytes
+from lxss.protocol.channel import ChannelClosed, ChannelState
+from lxss.protocol.codec import TYPE_NAMES, Message, decode, encode
+from lxss.protocol.framing import (
+    Frame,
+    FrameAssembler,
+    MessageHeader,
+    ProtocolError,
+    TransactionStep,
+    close_fds,
+)
+from lxss.vm.aio import wait_readable, wait_writable
+
+M = TypeVar("M", bound=Message)
+
+MAX_FDS = 16
+_CHUNK = 1 << 16
+
+
+class GuestLink:
+    """One channel to mini_init, a distribution's init or a session leader."""
+
+    def __init__(self, sock: socket.socket, name: str, timeout: float = 30.0) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.name = name
+        self.timeout = timeout
+        self.state = ChannelState()
+        self._assembler = FrameAssembler(TYPE_NAMES)
+        self._frames: deque[Frame] = deque()
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<GuestLink {self.name!r} {'closed' if self.closed else self.sock.fileno()}>"
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        while self._frames:
+            close_fds(self._frames.popleft().fds)
+        self._assembler.close()
+        self.sock.close()
+
+    # Sending ---------------------------------------------------------------------
+
+    async def _send(self, data: bytes, fds: Sequence[int]) -> None:
+        if self.closed:
+            raise ChannelClosed(f"channel {self.name} is closed")
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds_to_bytes(list(fds)))] if fds else []
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    sent = self.sock.sendmsg([view], ancillary)
+                except BlockingIOError:
+                    await wait_writable(self.sock.fileno(), self.timeout)
+                    continue
+                ancillary = []  # the fds went with the first byte
+                view = view[sent:]
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ChannelClosed(f"channel {self.name}: peer closed it ({e.strerror})") from None
+
+    async def send(self, message: Message, fds: Sequence[int] = ()) -> None:
+        transaction_id, step = self.state.stamp_message()
+        await self._send(encode(message, transaction_id, step), fds)
+
+    async def transaction(
+        self,
+        request: Message,
+        reply_type: type[M],
+        fds: Sequence[int] = (),
+        timeout: float | None = None,
+    ) -> tuple[M, list[int]]:
+        """Send *request* and return its reply (and the fds that came with it: the caller's)."""
+        async with self._lock:
+            transaction_id, step = self.state.begin_transaction()
+            await self._send(encode(request, transaction_id, step), fds)
+            awaiting = (transaction_id, TransactionStep.FIRST_REPLY)
+            _, reply, reply_fds = await self._receive((reply_type,), awaiting, timeout)
+            assert isinstance(reply, reply_type)
+            return reply, reply_fds
+
+    # Receiving -------------------------------------------------------------------
+
+    async def receive(
+        self, expected: tuple[type[Message], ...], timeout: float | None = None
+    ) -> tuple[Message, list[int]]:
+        """The next message outside any transaction (it must be one of *expected*)."""
+        _, message, fds = await self._receive(expected, None, timeout)
+        return message, fds
+
+    async def _receive(
+        self,
+        expected: tuple[type[Message], ...],
+        awaiting: tuple[int, int] | None,
+        timeout: float | None,
+    ) -> tuple[MessageHeader, Message, list[int]]:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            frame = await self._next_frame(deadline)
+            fds = list(frame.fds)
+            try:
+                if not self.state.check_incoming(frame.header, awaiting):
+                    close_fds(fds)
+                    continue
+                header, message = decode(frame.data, len(fds))
+                if not isinstance(message, expected):
+                    names = ", ".join(t.__name__ for t in expected)
+                    raise ProtocolError(f"expected {names}, received {type(message).__name__}")
+            except ProtocolError as e:
+                close_fds(fds)
+                raise ProtocolError(f"channel {self.name}: {e}") from None
+            return header, message, fds
+
+    async def _next_frame(self, deadline: float) -> Frame:
+        while not self._frames:
+            if self.closed:
+                raise ChannelClosed(f"channel {self.name} is closed")
+            try:
+                data, ancillary, flags, _ = self.sock.recvmsg(
+                    min(self._assembler.bytes_wanted(), _CHUNK),
+                    socket.CMSG_SPACE(MAX_FDS * 4),
+                    socket.MSG_CMSG_CLOEXEC,
+                )
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"channel {self.name}: no answer in time") from None
+                await wait_readable(self.sock.fileno(), remaining)
+                continue
+            except ConnectionResetError:
+                data, ancillary, flags = b"", [], 0
+            fds = fds_from_ancillary(ancillary, socket.SOL_SOCKET, socket.SCM_RIGHTS)
+            if flags & socket.MSG_CTRUNC:
+                close_fds(fds)
+                raise ProtocolError(f"channel {self.name}: too many descriptors at once")
+            if not data:
+                close_fds(fds)
+                raise ChannelClosed(f"channel {self.name}: peer closed it")
+            self._frames.extend(self._assembler.feed(data, fds))
+        return self._frames.popleft()

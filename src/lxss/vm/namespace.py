@@ -1,0 +1,210 @@
+"""The namespace backend: a version 1 utility VM made of namespaces and a cgroup.
+
+`start` turns a VmSpec into a running VM: a cgroup enforcing its memory, pids
+and CPU limits; the boot process (lxss.vm.nsboot) placed in it, mapped into the
+owner's user namespace and forked into mini_init; then the first exchange with
+mini_init (GuestCapabilities, EarlyConfig, InitialConfig). The VM's console
+(mini_init's and its children's stderr) goes to the service's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import replace
+
+from lxss.linux.subids import Mapping
+from lxss.linux.userns import python_argv, spawn_mapped
+from lxss.protocol import messages as m
+from lxss.vm.aio import wait_readable
+from lxss.vm.cgroup import Cgroup, Layout, Limits
+from lxss.vm.link import GuestLink
+from lxss.vm.spec import VmSpec
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0
+
+
+class VmStartError(Exception):
+    pass
+
+
+class NamespaceVm:
+    """A running namespace VM. The backend's caller owns it and must `stop` it."""
+
+    version = 1
+
+    def __init__(
+        self,
+        spec: VmSpec,
+        process: subprocess.Popen[bytes],
+        control: GuestLink,
+        notify: GuestLink,
+        group: Cgroup,
+        scratch: str,
+        console_fd: int,
+    ) -> None:
+        self.spec = spec
+        self.process = process
+        self.control = control
+        self.notify = notify
+        self.group = group
+        self.scratch = scratch
+        self._console_fd = console_fd
+        self._console_buffer = b""
+        asyncio.get_running_loop().add_reader(console_fd, self._on_console)
+
+    def __repr__(self) -> str:
+        return f"<NamespaceVm uid={self.spec.owner_uid} pid={self.process.pid} {self.state}>"
+
+    @property
+    def state(self) -> str:
+        return "running" if self.process.poll() is None else "stopped"
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def _on_console(self) -> None:
+        try:
+            data = os.read(self._console_fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self._console_fd)
+            return
+        lines = (self._console_buffer + data).split(b"\n")
+        self._console_buffer = lines.pop()[-4096:]
+        for line in lines:
+            log.warning("vm uid %d: %s", self.spec.owner_uid, line.decode(errors="replace"))
+
+    async def wait(self, timeout: float) -> bool:
+        """True once the VM's boot process has exited (and been reaped)."""
+        if self.process.poll() is not None:
+            return True
+        pidfd = os.pidfd_open(self.process.pid)
+        try:
+            await wait_readable(pidfd, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            os.close(pidfd)
+        self.process.wait()
+        return True
+
+    async def stop(self, force: bool) -> None:
+        """End the VM and everything in it; afterwards nothing of it remains on the host."""
+        self.control.close()  # mini_init returns when its channel closes: pid 1 ends, all end
+        self.notify.close()
+        if force or not await self.wait(STOP_TIMEOUT):
+            self.group.kill()
+            await self.wait(STOP_TIMEOUT)
+        with contextlib.suppress(OSError):
+            asyncio.get_running_loop().remove_reader(self._console_fd)
+            os.close(self._console_fd)
+        self.group.destroy()
+        with contextlib.suppress(OSError):
+            os.rmdir(self.scratch)
+
+
+class NamespaceBackend:
+    version = 1
+
+    def __init__(self, layout: Layout, cgroup_root: str, runtime_dir: str) -> None:
+        self.layout = layout
+        self.cgroup_root = cgroup_root
+        self.runtime_dir = runtime_dir
+
+    def scratch_dir(self, uid: int) -> str:
+        return os.path.join(self.runtime_dir, "vm", str(uid))
+
+    async def start(self, spec: VmSpec, mapping: Mapping) -> NamespaceVm:
+        uid = spec.owner_uid
+        group = Cgroup(self.layout, f"{self.cgroup_root}/user-{uid}")
+        group.destroy()  # a VM of this user that a crashed service left behind
+        group.create(Limits(spec.memory_bytes, spec.pids_limit, spec.processors))
+        scratch = self.scratch_dir(uid)
+        os.makedirs(os.path.dirname(scratch), 0o755, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(scratch)
+        os.mkdir(scratch, 0o700)
+        os.chown(scratch, mapping.uid.owner_id, mapping.gid.owner_id)
+        spec = replace(spec, extra={**spec.extra, "scratch": scratch})
+        control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        notify, notify_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        console_r, console_w = os.pipe2(os.O_CLOEXEC)
+        argv = python_argv(
+            "lxss.vm.nsboot",
+            spec.to_json(),
+            str(control_child.fileno()),
+            str(notify_child.fileno()),
+        )
+        try:
+            pending = spawn_mapped(
+                argv,
+                pass_fds=(control_child.fileno(), notify_child.fileno()),
+                stdout=console_w,
+                stderr=console_w,
+            )
+        except BaseException:
+            for closable in (control, notify, control_child, notify_child):
+                closable.close()
+            os.close(console_r)
+            group.destroy()
+            raise
+        finally:
+            os.close(console_w)
+        control_child.close()
+        notify_child.close()
+        try:
+            # In the cgroup before it unshares its cgroup namespace: that becomes its root.
+            group.add(pending.proc.pid)
+            await wait_readable(pending.fileno(), spec.boot_timeout_s)
+            pending.finish(mapping, timeout=1.0)
+        except BaseException:
+            pending.abort()
+            control.close()
+            notify.close()
+            os.close(console_r)
+            group.destroy()
+            raise
+        vm = NamespaceVm(
+            spec,
+            pending.proc,
+            GuestLink(control, "mini_init"),
+            GuestLink(notify, "notify"),
+            group,
+            scratch,
+            console_r,
+        )
+        try:
+            await self._first_contact(vm)
+        except BaseException:
+            await vm.stop(force=True)
+            raise
+        return vm
+
+    async def _first_contact(self, vm: NamespaceVm) -> None:
+        spec = vm.spec
+        try:
+            await vm.control.receive((m.MiniInitGuestCapabilities,), timeout=spec.boot_timeout_s)
+            early = m.MiniInitEarlyConfig(
+                hostname=spec.hostname,
+                memory_bytes=spec.memory_bytes,
+                processors=spec.processors,
+                flags=0,
+            )
+            result, _ = await vm.control.transaction(early, m.ResultInt32)
+        except (OSError, EOFError, ValueError) as e:
+            raise VmStartError(f"the utility VM did not start: {e}") from e
+        if result.value != 0:
+            log.warning("uid %d: gns failed: %s", spec.owner_uid, os.strerror(result.value))
+        initial = m.MiniInitInitialConfig(
+            networking_mode=spec.networking_mode_number, entropy=os.urandom(64)
+        )
+        await vm.control.send(initial)

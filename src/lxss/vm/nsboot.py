@@ -1,0 +1,71 @@
+"""Booting a namespace VM: the step between lxssd and mini_init.
+
+What a hypervisor and a kernel do for WSL's utility VM, namespaces do here.
+This process (started by the namespace backend with `spawn_mapped`) enters
+the owner's user namespace, then new mount, pid, UTS, IPC and cgroup
+namespaces (and a network namespace when the VM has no host networking),
+and forks: the child is pid 1 of the new pid namespace — mini_init. This
+process stays as its parent, so the backend owns one process whose exit is
+the VM's end.
+
+    nsboot SPEC_JSON CONTROL_FD NOTIFY_FD
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from lxss.guest import mini_init
+from lxss.linux import syscalls as sc
+from lxss.linux import userns
+from lxss.vm.spec import VmSpec
+
+NAMESPACES = (
+    sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
+)
+
+
+def main(argv: list[str]) -> int:
+    userns.die_with_parent()
+    if len(argv) != 3:
+        print("usage: nsboot SPEC_JSON CONTROL_FD NOTIFY_FD", file=sys.stderr)
+        return 2
+    spec = VmSpec.from_json(argv[0])
+    control_fd, notify_fd = int(argv[1]), int(argv[2])
+    userns.enter_user_namespace()
+    flags = NAMESPACES | (sc.CLONE_NEWNET if spec.networking_mode == "None" else 0)
+    sc.unshare(flags)
+    # Nothing mounted in the VM may propagate back to the host's tree.
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    # The VM's scratch directory is ours to mount on; nobody else's tree changes.
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sc.set_pdeathsig(signal.SIGKILL)
+            code = mini_init.main(spec, control_fd, notify_fd)
+        except BaseException as e:  # pid 1 must never unwind into our caller's frames
+            print(f"mini_init: fatal: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            os._exit(code)
+    os.close(control_fd)
+    os.close(notify_fd)
+    sc.set_process_name("lxss-vm")
+    # The service stops the VM by closing mini_init's channel; signals to us only
+    # mean "go", and mini_init dies with us (its parent-death signal).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            return 1
+        except InterruptedError:
+            continue
+    return (
+        os.waitstatus_to_exitcode(status) & 0xFF
+        if os.WIFEXITED(status)
+        else 128 + os.WTERMSIG(status)
+    )
