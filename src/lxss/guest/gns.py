@@ -13,7 +13,7 @@ import socket
 import struct
 from typing import Final
 
-from lxss.linux import syscalls as sc
+from lxss.linux.proctitle import set_title
 
 SIOCGIFFLAGS: Final = 0x8913  # <linux/sockios.h>
 SIOCSIFFLAGS: Final = 0x8914
@@ -31,7 +31,7 @@ def bring_up(interface: str) -> None:
 
 def main(networking_mode: str) -> int:
     """Run in a child of mini_init; the exit status is the result (0, or an errno)."""
-    sc.set_process_name("gns")
+    set_title("lxss-gns")
     if networking_mode != "None":
         return 0
     try:

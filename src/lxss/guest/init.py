@@ -27,6 +27,7 @@ from lxss.guest import session
 from lxss.guest.process import Context
 from lxss.guest.users import UserDatabase
 from lxss.linux import syscalls as sc
+from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
 from lxss.protocol.framing import ProtocolError
@@ -231,7 +232,7 @@ def power_off() -> None:
 
 
 def main(channel: Channel, launch: m.MiniInitLaunchInit, vm_pid: int, host_mount: str) -> int:
-    sc.set_process_name("init")
+    set_title("lxss-init")
     distribution = Init(channel, launch, vm_pid, host_mount)
     try:
         distribution.setup()

@@ -30,6 +30,7 @@ import traceback
 
 from lxss.guest import gns, init, mounts
 from lxss.linux import syscalls as sc
+from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
 from lxss.protocol.framing import ProtocolError
@@ -205,7 +206,7 @@ def _pid_in_parent_namespace() -> int:
 
 
 def main(spec: VmSpec, control_fd: int, notify_fd: int) -> int:
-    sc.set_process_name("mini_init")
+    set_title("lxss-mini_init")
     control = Channel(socket.socket(fileno=control_fd), "mini_init", timeout=30.0)
     notify = Channel(socket.socket(fileno=notify_fd), "notify", timeout=30.0)
     vm = MiniInit(spec, control, notify)

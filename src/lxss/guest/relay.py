@@ -31,6 +31,7 @@ import termios
 
 from lxss.guest.process import Plan
 from lxss.linux import syscalls as sc
+from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
 from lxss.protocol.framing import ProtocolError
@@ -323,7 +324,7 @@ class Relay:
 
 
 def main(plan: Plan, message: m.InitCreateProcess, fds: m.CreateProcessFds) -> int:
-    sc.set_process_name("relay")
+    set_title("lxss-relay")
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sc.set_child_subreaper()
     relay = Relay(plan, message, fds)

@@ -17,7 +17,7 @@ import socket
 from lxss.guest import relay
 from lxss.guest.process import Context, PlanError, Request, plan
 from lxss.guest.users import UserDatabase
-from lxss.linux import syscalls as sc
+from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
 from lxss.protocol.framing import ProtocolError
@@ -78,7 +78,7 @@ def serve_one(channel: Channel, context: Context) -> None:
 
 def main(sock: socket.socket, context: Context) -> int:
     os.setsid()
-    sc.set_process_name("session")
+    set_title("lxss-session")
     # Relays are reaped by the kernel: nobody waits for them here.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     channel = Channel(sock, "session")

@@ -20,6 +20,7 @@ import sys
 from lxss.guest import mini_init
 from lxss.linux import syscalls as sc
 from lxss.linux import userns
+from lxss.linux.proctitle import set_title
 from lxss.vm.spec import VmSpec
 
 NAMESPACES = (
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
             os._exit(code)
     os.close(control_fd)
     os.close(notify_fd)
-    sc.set_process_name("lxss-vm")
+    set_title("lxss-vm")
     # The service stops the VM by closing mini_init's channel; signals to us only
     # mean "go", and mini_init dies with us (its parent-death signal).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
