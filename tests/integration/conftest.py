@@ -32,7 +32,10 @@ CACHE = Path("/var/cache/lxss-test")
 
 
 def _bootstrap(module: str) -> list[str]:
-    code = f"import sys;sys.path.insert(0,{str(SRC)!r});from {module} import main;sys.exit(main(sys.argv[1:]))"
+    code = (
+        f"import sys;sys.path.insert(0,{str(SRC)!r});"
+        f"from {module} import main;sys.exit(main(sys.argv[1:]))"
+    )
     return [sys.executable, "-I", "-S", "-c", code]
 
 
@@ -61,7 +64,10 @@ class Result:
         return self.stderr.decode(errors="replace")
 
     def __str__(self) -> str:
-        return f"exit {self.returncode}\n--- stdout\n{self.out[-2000:]}\n--- stderr\n{self.err[-2000:]}"
+        return (
+            f"exit {self.returncode}\n--- stdout\n{self.out[-2000:]}"
+            f"\n--- stderr\n{self.err[-2000:]}"
+        )
 
 
 @dataclass
