@@ -114,6 +114,10 @@ class Service:
     def start(self, timeout: float = 20.0) -> None:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
+        socket_path = self.runtime_dir / "lxssd.sock"
+        # A service killed with SIGKILL leaves its socket behind: waiting for the file to
+        # appear would return before the new service has recovered and listens.
+        socket_path.unlink(missing_ok=True)
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             self.process = subprocess.Popen(
@@ -122,7 +126,6 @@ class Service:
             )  # fmt: skip
         finally:
             log.close()
-        socket_path = self.runtime_dir / "lxssd.sock"
         deadline = time.monotonic() + timeout
         while not socket_path.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -186,6 +189,8 @@ class Service:
         return result
 
     def shutdown_everyone(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return  # nothing to shut down; lxss run as root would start a service of its own
         self.lxss("--shutdown", timeout=60)
         for user in sorted(self.users_seen):
             self.lxss("--shutdown", "--for-user", user, timeout=60)
@@ -267,6 +272,19 @@ def _require_root() -> None:
         pytest.fail("integration tests start lxssd, a root service: run them as root (./test.sh)")
 
 
+def _remove_empty_cgroups(name: str) -> None:
+    """The run's own cgroup tree, once the service has stopped (rmdir fails on a cgroup
+    that still has processes: those stay, for the host check to name)."""
+    for root in _cgroup_hierarchies():
+        base = Path(root) / name
+        if not base.is_dir():
+            continue
+        groups = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for group in [*groups, base]:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
 @contextlib.contextmanager
 def running_service(name: str) -> Iterator[Service]:
     _require_root()
@@ -281,6 +299,7 @@ def running_service(name: str) -> Iterator[Service]:
             service.shutdown_everyone()
         service.stop()
         shutil.rmtree(root, ignore_errors=True)
+        _remove_empty_cgroups(service.cgroup_name)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import _socket
 import os
 
-from lxss.api import errors, wire
+from lxss.api import wire
 
 # typing costs ~10 ms to import: the client imports it only for type checkers.
 TYPE_CHECKING = False
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 DEFAULT_RUNTIME_DIR: Final = "/run/lxss"
 SOCKET_NAME: Final = "lxssd.sock"
+INTERFACE: Final = "io.lxss.Service"  # also in lxss.api.errors, imported only for error replies
 
 
 def socket_path() -> str:
@@ -57,12 +58,14 @@ class Client:
 
         The fds are only lent: the caller keeps and closes its copies.
         """
-        name = method if "." in method else f"{errors.INTERFACE}.{method}"
+        name = method if "." in method else f"{INTERFACE}.{method}"
         request = {"method": name, "parameters": {k: v for k, v in (parameters or {}).items()}}
         self._send(wire.dumps(request), fds)
         reply = self._receive(timeout)
         error = reply.get("error")
         if error is not None:
+            from lxss.api import errors
+
             raise errors.from_reply(str(error), reply.get("parameters") or {})
         parameters_out = reply.get("parameters") or {}
         if not isinstance(parameters_out, dict):

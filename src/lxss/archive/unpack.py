@@ -128,11 +128,18 @@ class Unpacker:
         if path is None:
             self.report.warnings.append(f"skipped '{member.name}': path contains '..'")
             return
-        if member.isdev():
+        if member.ischr() or member.isblk():  # not isdev(): that includes fifos
             self.report.skipped_devices.append(path)
             return
         if path != ".":
-            _ensure_parent(path)
+            try:
+                _ensure_parent(path)
+            except (FileExistsError, NotADirectoryError):
+                # A parent is a file, a dangling or looping symlink: tar refuses these too.
+                self.report.warnings.append(
+                    f"skipped '{member.name}': its parent is not a directory"
+                )
+                return
         if member.isdir():
             if path != ".":
                 _remove_existing(path, keep_dir=True)
@@ -175,6 +182,11 @@ class Unpacker:
                 f"skipped hard link '{member.name}': target '{member.linkname}' is missing"
             )
             return False
+        except PermissionError:  # EPERM: link(2) refuses directories
+            self.report.warnings.append(
+                f"skipped hard link '{member.name}': target '{member.linkname}' is a directory"
+            )
+            return False
         return True
 
     def _write_file(self, archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
@@ -192,15 +204,33 @@ class Unpacker:
             # tarfile keeps a sparse member's (offset, size) map here; typeshed says int.
             sparse: list[tuple[int, int]] | None = member.sparse  # type: ignore[assignment]
             if sparse:
+                # extractfile() yields the whole logical content, holes as zeros: read
+                # past each hole and seek over it, so it stays a hole on disk.
+                position = 0
                 for offset, size in sparse:
+                    if size == 0:
+                        continue
+                    if offset < position:
+                        raise UnpackError(f"'{member.name}' has an unordered sparse map")
+                    self._skip(source, offset - position)
                     os.lseek(fd, offset, os.SEEK_SET)
                     self._copy(source, fd, size)
+                    position = offset + size
                 os.ftruncate(fd, member.size)
             else:
                 self._copy(source, fd, member.size)
         finally:
             os.close(fd)
         self.report.bytes += member.size
+
+    @staticmethod
+    def _skip(source: IO[bytes], size: int) -> None:
+        remaining = size
+        while remaining:
+            chunk = source.read(min(COPY_CHUNK, remaining))
+            if not chunk:
+                raise UnpackError("the archive is truncated (a file ends early)")
+            remaining -= len(chunk)
 
     @staticmethod
     def _copy(source: IO[bytes], fd: int, size: int) -> None:

@@ -203,7 +203,11 @@ class _Session:
         data = self.control.recv(4096)
         if not data:
             return False
-        for code in self.reader.feed(data):
+        try:
+            codes = self.reader.feed(data)
+        except control.ControlError as e:
+            raise LaunchError(f"the relay sent a malformed control message ({e})") from None
+        for code in codes:
             self.exit_code = code
             self.send(self.writer.exit_status(code))  # the acknowledgement WSL's relay waits for
         return True

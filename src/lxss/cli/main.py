@@ -11,7 +11,6 @@ import os
 import sys
 
 from lxss import __version__
-from lxss.api.errors import VarlinkError
 from lxss.cli.parse import Launch, Management, UsageError, parse
 
 FAILURE = 255
@@ -52,7 +51,9 @@ Manage distributions:
 
 
 def fail(message: str) -> int:
-    sys.stderr.write(f"lxss: {message}\n")
+    from lxss.cli.messages import one_line  # only failures pay for it
+
+    sys.stderr.write(f"lxss: {one_line(message)}\n")
     return FAILURE
 
 
@@ -104,20 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(parsed.request, _uid_of(parsed.for_user))
     except UsageError as e:
         return fail(f"{e} (see: lxss --help)")
-    except VarlinkError as e:
-        from lxss.cli.messages import describe
-
-        if debug:
-            raise
-        return fail(describe(e))
     except KeyboardInterrupt:
         return 130
     except Exception as e:
         if debug:
             raise
+        # Imported here: only a failure pays for them.
+        from lxss.api.errors import VarlinkError
         from lxss.cli.manage import CommandError
+        from lxss.cli.messages import describe
         from lxss.cli.service import ServiceUnavailable
 
+        if isinstance(e, VarlinkError):
+            return fail(describe(e))
         if isinstance(e, CommandError | ServiceUnavailable):
             return fail(str(e))
         if isinstance(e, OSError):

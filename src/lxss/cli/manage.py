@@ -33,8 +33,10 @@ def out(text: str) -> None:
 def warn(lines: list[str]) -> None:
     if os.environ.get("LXSS_DISABLE_WARNINGS") == "1":
         return
+    from lxss.cli.messages import one_line
+
     for line in lines:
-        sys.stderr.write(f"lxss: warning: {line}\n")
+        sys.stderr.write(f"lxss: warning: {one_line(line)}\n")
 
 
 def _version(value: str | bool | None) -> int | None:
@@ -65,7 +67,7 @@ def _open_location(path: str) -> tuple[int, bool]:
     created = False
     if not os.path.isdir(path):
         try:
-            os.makedirs(path, 0o755)
+            os.makedirs(path, 0o700)  # a distribution's files are its owner's business
             created = True
         except OSError as e:
             raise CommandError(f"cannot create {path}: {e.strerror}") from None

@@ -81,6 +81,9 @@ def enter_user_namespace(timeout: float = 30.0) -> None:
     os.close(go_fd)
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+    # N.B. Changing our effective ids on the host (any owner but root) clears the
+    # parent-death signal (prctl(2), PR_SET_PDEATHSIG): arm it again.
+    die_with_parent()
 
 
 def write_id_maps(pid: int, mapping: Mapping) -> None:

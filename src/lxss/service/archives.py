@@ -20,6 +20,7 @@ from lxss.archive import busybox
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import python_argv, spawn_mapped
 from lxss.vm.aio import wait_readable
+from lxss.vm.cgroup import Cgroup, Limits
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,24 @@ class UnpackResult:
     is_linux: bool
 
 
+@dataclass(frozen=True)
+class Jail:
+    """Who a worker acts as (the owner's id mapping) and the cgroup that bounds it.
+
+    The cgroup matters: a hostile archive can ask tarfile for a huge pax header or
+    xz for a huge dictionary, and memory is better refused than exhausted.
+    """
+
+    mapping: Mapping
+    group: Cgroup
+
+
+WORKER_LIMITS: Final = Limits(memory_bytes=1 << 30, pids=64, processors=os.cpu_count() or 1)
+
+
 async def _run(
     operation: str,
-    mapping: Mapping,
+    jail: Jail,
     args: list[str],
     *,
     stdin: int | None = subprocess.DEVNULL,
@@ -50,15 +66,31 @@ async def _run(
     timeout: float = WORK_TIMEOUT,
 ) -> dict[str, Any]:
     argv = python_argv("lxss.archive.worker", operation, *args)
+    jail.group.create(WORKER_LIMITS)
+    try:
+        return await _run_in(jail, operation, argv, stdin, pass_fds, timeout)
+    finally:
+        jail.group.destroy()
+
+
+async def _run_in(
+    jail: Jail,
+    operation: str,
+    argv: list[str],
+    stdin: int | None,
+    pass_fds: tuple[int, ...],
+    timeout: float,
+) -> dict[str, Any]:
     pending = spawn_mapped(
         argv, pass_fds=pass_fds, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
+        jail.group.add(pending.proc.pid)
         await wait_readable(pending.fileno(), MAP_TIMEOUT)
     except BaseException:
         pending.abort()
         raise
-    proc = pending.finish(mapping, timeout=1.0)
+    proc = pending.finish(jail.mapping, timeout=1.0)
     loop = asyncio.get_running_loop()
     try:
         # communicate() only waits; the worker was forked by this (the main) thread,
@@ -101,16 +133,16 @@ def _location_args(base_path: str, location_fd: int | None) -> tuple[list[str], 
 
 
 async def unpack_archive(
-    mapping: Mapping, archive_fd: int, base_path: str, location_fd: int | None
+    jail: Jail, archive_fd: int, base_path: str, location_fd: int | None
 ) -> UnpackResult:
     """Unpack the archive on *archive_fd* into base_path/rootfs (or location_fd/rootfs)."""
     args, fds = _location_args(base_path, location_fd)
-    report = await _run("unpack", mapping, args, stdin=archive_fd, pass_fds=fds)
+    report = await _run("unpack", jail, args, stdin=archive_fd, pass_fds=fds)
     return _unpack_result(report)
 
 
 async def unpack_builtin(
-    mapping: Mapping, name: str, base_path: str, location_fd: int | None
+    jail: Jail, name: str, base_path: str, location_fd: int | None
 ) -> UnpackResult:
     """Unpack a built-in root file system, generated into a pipe by a thread."""
     if name != "busybox":
@@ -135,7 +167,7 @@ async def unpack_builtin(
     producer.start()
     try:
         args, fds = _location_args(base_path, location_fd)
-        report = await _run("unpack", mapping, args, stdin=read_end, pass_fds=fds)
+        report = await _run("unpack", jail, args, stdin=read_end, pass_fds=fds)
     finally:
         os.close(read_end)
         await asyncio.get_running_loop().run_in_executor(None, producer.join, 60.0)
@@ -144,15 +176,15 @@ async def unpack_builtin(
     return _unpack_result(report)
 
 
-async def pack_tree(mapping: Mapping, base_path: str, out_fd: int, export_format: str) -> list[str]:
+async def pack_tree(jail: Jail, base_path: str, out_fd: int, export_format: str) -> list[str]:
     """Write base_path/rootfs to *out_fd* as *export_format*; returns warnings."""
     args = ["--base", base_path, "--out-fd", str(out_fd), "--format", export_format]
-    report = await _run("pack", mapping, args, pass_fds=(out_fd,))
+    report = await _run("pack", jail, args, pass_fds=(out_fd,))
     return [str(w) for w in report.get("warnings", [])]
 
 
-async def remove_tree(mapping: Mapping, base_path: str, remove_base: bool) -> list[str]:
+async def remove_tree(jail: Jail, base_path: str, remove_base: bool) -> list[str]:
     """Delete base_path/rootfs (and base_path itself if the service created it)."""
     args = ["--base", base_path] + (["--remove-base"] if remove_base else [])
-    report = await _run("remove", mapping, args, timeout=REMOVE_TIMEOUT)
+    report = await _run("remove", jail, args, timeout=REMOVE_TIMEOUT)
     return [str(w) for w in report.get("warnings", [])]

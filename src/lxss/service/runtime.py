@@ -344,8 +344,11 @@ class Runtime:
 
     async def _leader(self, instance: Instance, console_id: int) -> GuestLink:
         leader = instance.leaders.get(console_id)
-        if leader is not None and not leader.closed:
+        if leader is not None and not leader.peer_gone():
             return leader
+        if leader is not None:
+            # Its session leader was killed (from inside, say): the console gets a new one.
+            instance.leaders.pop(console_id).close()
         if len(instance.leaders) >= MAX_LEADERS:
             oldest = next(iter(instance.leaders))
             instance.leaders.pop(oldest).close()  # the leader exits; its relays run on
@@ -435,8 +438,9 @@ class Runtime:
                 lifetime.close()
         return {"guid": distribution.guid, "name": distribution.name, "warnings": warnings}
 
-    async def terminate(self, guid: str, force: bool) -> None:
-        """Stop one distribution: ask its init, then make sure."""
+    async def terminate(self, guid: str, force: bool, holding_lock: bool = False) -> None:
+        """Stop one distribution: ask its init, then make sure (by stopping the VM, under
+        the lock, which a caller such as `shutdown` may already hold)."""
         instance = self.instances.get(guid)
         if instance is None:
             return
@@ -449,6 +453,9 @@ class Runtime:
         except TimeoutError:
             log.error("uid %d: %s did not stop; stopping the VM", self.session.uid,
                       instance.distribution.name)  # fmt: skip
+            if holding_lock:
+                await self._vm_gone()
+                return
             async with self._lock:
                 await self._vm_gone()
 
@@ -456,7 +463,7 @@ class Runtime:
         async with self._lock:
             if not force:
                 for guid in list(self.instances):
-                    await self.terminate(guid, force=False)
+                    await self.terminate(guid, force=False, holding_lock=True)
             await self._vm_gone()
             if self._vm_idle is not None:
                 self._vm_idle.cancel()

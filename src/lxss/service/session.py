@@ -23,6 +23,7 @@ from lxss.linux.subids import Mapping, ensure_mapping
 from lxss.service import archives, registry
 from lxss.service.registry import Distribution, Registry
 from lxss.service.settings import Settings
+from lxss.vm.cgroup import Cgroup, Layout
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class UserSession:
         self.settings = settings
         self.locked: dict[str, str] = {}
         self._mapping: Mapping | None = None
+        self._workers = 0
         self._lock = asyncio.Lock()
         self.runtime: Any = None  # set by the service: the VM and instances (runtime.Runtime)
 
@@ -74,6 +76,12 @@ class UserSession:
                 self.settings.subgid_file,
             )
         return self._mapping
+
+    def jail(self) -> archives.Jail:
+        """Identity and cgroup for one archive worker of this user."""
+        self._workers += 1
+        name = f"{self.settings.cgroup_name}/worker-{self.uid}-{self._workers}"
+        return archives.Jail(self.mapping(), Cgroup(Layout.detect(), name))
 
     def find(self, name_or_guid: str) -> Distribution:
         distribution = self.registry.find(self.uid, name_or_guid)
@@ -159,12 +167,12 @@ class UserSession:
             self.registry.begin_install(record)
             self.locked[guid] = registry.INSTALLING
         try:
-            mapping = self.mapping()
+            jail = self.jail()
             if archive_fd is not None:
-                result = await archives.unpack_archive(mapping, archive_fd, base, location_fd)
+                result = await archives.unpack_archive(jail, archive_fd, base, location_fd)
             else:
                 assert builtin is not None
-                result = await archives.unpack_builtin(mapping, builtin, base, location_fd)
+                result = await archives.unpack_builtin(jail, builtin, base, location_fd)
             if not result.is_linux:
                 raise errors.NotALinuxDistribution()
             self.registry.finish_install(guid, result.os_id, result.os_version_id)
@@ -184,7 +192,7 @@ class UserSession:
         """Undo a failed registration: its files, then its row. A failure to remove the
         files leaves the row Installing, so the next start of the service retries."""
         try:
-            await archives.remove_tree(self.mapping(), record.base_path, record.managed_base)
+            await archives.remove_tree(self.jail(), record.base_path, record.managed_base)
         except Exception as e:
             log.error("uid %d: cannot clean up %s: %s", self.uid, record.base_path, e)
             return
@@ -213,7 +221,7 @@ class UserSession:
             self.registry.set_state(distribution.guid, registry.UNINSTALLING)
             try:
                 await archives.remove_tree(
-                    self.mapping(), distribution.base_path, distribution.managed_base
+                    self.jail(), distribution.base_path, distribution.managed_base
                 )
             except archives.WorkerFailed as e:
                 self.registry.set_state(distribution.guid, registry.INSTALLED)
@@ -259,7 +267,7 @@ class UserSession:
             # As WSL does: the tree must not change while it is being written.
             await self._stop_instance(distribution)
             return await archives.pack_tree(
-                self.mapping(), distribution.base_path, out_fd, export_format
+                self.jail(), distribution.base_path, out_fd, export_format
             )
         except archives.WorkerFailed as e:
             raise errors.ExportFailed(reason=str(e)) from None

@@ -27,7 +27,6 @@ from lxss.protocol.framing import (
     TransactionStep,
     close_fds,
 )
-from lxss.vm.aio import wait_readable, wait_writable
 
 M = TypeVar("M", bound=Message)
 
@@ -47,6 +46,7 @@ class GuestLink:
         self._assembler = FrameAssembler(TYPE_NAMES)
         self._frames: deque[Frame] = deque()
         self._lock = asyncio.Lock()
+        self._waits: set[asyncio.Future[None]] = set()
         self.closed = False
 
     def __repr__(self) -> str:
@@ -55,14 +55,62 @@ class GuestLink:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def peer_gone(self) -> bool:
+        """True if the peer has closed its end (checked without waiting or consuming)."""
+        if self.closed:
+            return True
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        # Unregister our fd while it is still ours. A wait left registered on a closed fd
+        # would, when its number is reused (the next VM's channel), swallow the new
+        # socket's registration (asyncio relabels the stale key; epoll never sees the new
+        # socket) or remove it when the old wait times out.
+        if self._waits:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.sock.fileno())
+            loop.remove_writer(self.sock.fileno())
+            for future in self._waits:
+                if not future.done():
+                    future.set_exception(ChannelClosed(f"channel {self.name} was closed"))
+            self._waits.clear()
         while self._frames:
             close_fds(self._frames.popleft().fds)
         self._assembler.close()
         self.sock.close()
+
+    async def _wait(self, writing: bool, timeout: float) -> None:
+        """Until our socket is readable (or writable); TimeoutError, or ChannelClosed if
+        the link is closed meanwhile."""
+        loop = asyncio.get_running_loop()
+        fd = self.sock.fileno()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        add, remove = (
+            (loop.add_writer, loop.remove_writer)
+            if writing
+            else (loop.add_reader, loop.remove_reader)
+        )
+        add(fd, ready)
+        self._waits.add(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        finally:
+            if future in self._waits:  # else close() has unregistered it already
+                self._waits.discard(future)
+                remove(fd)
 
     # Sending ---------------------------------------------------------------------
 
@@ -76,7 +124,7 @@ class GuestLink:
                 try:
                     sent = self.sock.sendmsg([view], ancillary)
                 except BlockingIOError:
-                    await wait_writable(self.sock.fileno(), self.timeout)
+                    await self._wait(writing=True, timeout=self.timeout)
                     continue
                 ancillary = []  # the fds went with the first byte
                 view = view[sent:]
@@ -149,7 +197,7 @@ class GuestLink:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"channel {self.name}: no answer in time") from None
-                await wait_readable(self.sock.fileno(), remaining)
+                await self._wait(writing=False, timeout=remaining)
                 continue
             except ConnectionResetError:
                 data, ancillary, flags = b"", [], 0

@@ -36,6 +36,9 @@ def main(argv: list[str]) -> int:
     spec = VmSpec.from_json(argv[0])
     control_fd, notify_fd = int(argv[1]), int(argv[2])
     userns.enter_user_namespace()
+    # Not dumpable, whoever the owner is: distribution root must not reach the lxss roles'
+    # memory, descriptors or executable through /proc (every role inherits this on fork).
+    sc.set_dumpable(False)
     flags = NAMESPACES | (sc.CLONE_NEWNET if spec.networking_mode == "None" else 0)
     sc.unshare(flags)
     # Nothing mounted in the VM may propagate back to the host's tree.

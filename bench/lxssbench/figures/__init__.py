@@ -1,0 +1,30 @@
+"""Each figure as a function returning measurements; SPECS lists them in report order."""
+
+from __future__ import annotations
+
+# Imported for their @figure registrations; ORDER below is the report's order.
+from . import archive, hostfs, latency, memory, pty, throughput  # noqa: F401
+from .registry import SPECS, Spec, run_figure
+
+ORDER = (
+    "list",
+    "warm",
+    "cold",
+    "first",
+    "seq",
+    "par8",
+    "pipe",
+    "pty",
+    "import",
+    "export",
+    "export-gz",
+    "hostfs-read",
+    "hostfs-walk",
+    "mem-lxssd",
+    "mem-distro",
+    "v2-boot",
+    "v2-run",
+)
+assert set(ORDER) == set(SPECS), set(ORDER) ^ set(SPECS)
+
+__all__ = ["ORDER", "SPECS", "Spec", "run_figure"]

@@ -1,0 +1,197 @@
+"""A distribution's mount plan (lxss.guest.mounts.distribution_plan), checked as data."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lxss.guest import mounts
+from lxss.guest.mounts import (
+    BindFile,
+    Directory,
+    Mount,
+    Propagation,
+    Remount,
+    RootLayout,
+    Symlink,
+    distribution_plan,
+)
+from lxss.linux import syscalls as sc
+
+ROOT = "/var/lib/lxss/0/guid/rootfs"
+SAFE_DEVICES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
+
+
+def layout(own_network: bool = False, host_mount: str | None = "/mnt/host") -> RootLayout:
+    return RootLayout(
+        root=ROOT, shared_dir="/run/lxss/vm/0/shared", own_network=own_network,
+        host_mount=host_mount,
+    )  # fmt: skip
+
+
+def _mounts(plan: list[mounts.Operation]) -> dict[str, Mount]:
+    found: dict[str, Mount] = {}
+    for op in plan:
+        if isinstance(op, Mount):
+            assert op.target not in found, f"{op.target} mounted twice"
+            found[op.target] = op
+    return found
+
+
+def _index(plan: list[mounts.Operation], target: str) -> int:
+    return next(i for i, op in enumerate(plan) if isinstance(op, Mount) and op.target == target)
+
+
+@pytest.mark.parametrize("own_network", [False, True])
+@pytest.mark.parametrize("host_mount", ["/mnt/host", None])
+def test_every_operation_stays_below_the_root(own_network: bool, host_mount: str | None) -> None:
+    for op in distribution_plan(layout(own_network, host_mount)):
+        path = {
+            Mount: "target", BindFile: "target", Remount: "target", Propagation: "target",
+            Symlink: "link", Directory: "path",
+        }[type(op)]  # fmt: skip
+        where = getattr(op, path)
+        assert os.path.commonpath([ROOT, where]) == ROOT, op.describe()
+        assert op.describe()
+
+
+def test_the_root_becomes_a_mount_point_first() -> None:
+    first = distribution_plan(layout())[0]
+    assert isinstance(first, Mount)
+    assert (first.source, first.target) == (ROOT, ROOT)
+    assert first.flags & sc.MS_BIND and first.flags & sc.MS_REC
+
+
+def test_wsl_inits_file_systems_are_all_there() -> None:
+    found = _mounts(distribution_plan(layout()))
+    expected = {
+        f"{ROOT}/proc": "proc",
+        f"{ROOT}/dev": "tmpfs",
+        f"{ROOT}/dev/pts": "devpts",
+        f"{ROOT}/dev/shm": "tmpfs",
+        f"{ROOT}/run": "tmpfs",
+        f"{ROOT}/tmp": "tmpfs",
+    }
+    for target, fstype in expected.items():
+        assert target in found, f"no mount on {target}"
+        assert found[target].fstype == fstype
+    assert f"{ROOT}/sys" in found
+    assert "mode=1777" in (found[f"{ROOT}/tmp"].data or "")
+    assert found[f"{ROOT}/proc"].flags & sc.MS_NOSUID
+
+
+def test_devpts_is_a_new_instance_of_the_distributions_own() -> None:
+    plan = distribution_plan(layout())
+    devpts = _mounts(plan)[f"{ROOT}/dev/pts"]
+    options = (devpts.data or "").split(",")
+    assert "newinstance" in options
+    assert "ptmxmode=0666" in options
+    assert devpts.flags & sc.MS_NOSUID
+    # /dev/ptmx leads to this instance's ptmx, not the host's.
+    links = {op.link: op.target for op in plan if isinstance(op, Symlink)}
+    assert links[f"{ROOT}/dev/ptmx"] == "pts/ptmx"
+    # The host's /dev/ptmx (or /dev/pts) is never bound in.
+    for op in plan:
+        if isinstance(op, BindFile | Mount):
+            assert op.source not in ("/dev/ptmx", "/dev/pts", "/dev"), op.describe()
+    assert _index(plan, f"{ROOT}/dev") < _index(plan, f"{ROOT}/dev/pts")
+
+
+def test_dev_holds_no_device_beyond_the_safe_list() -> None:
+    plan = distribution_plan(layout())
+    binds = [op for op in plan if isinstance(op, BindFile)]
+    assert {op.source for op in binds} == SAFE_DEVICES
+    for op in binds:
+        assert op.target == f"{ROOT}{op.source}"
+    # Nothing else takes its source from the host's /dev.
+    for op in plan:
+        if isinstance(op, Mount) and op.source and op.source.startswith("/dev"):
+            pytest.fail(f"a host device is mounted: {op.describe()}")
+    dev = _mounts(plan)[f"{ROOT}/dev"]
+    # The /dev tmpfs is mounted before the devices are bound onto it.
+    dev_index = plan.index(dev)
+    assert all(plan.index(op) > dev_index for op in binds)
+    assert dev.flags & sc.MS_NOSUID and dev.flags & sc.MS_NOEXEC
+
+
+def test_dev_links_of_a_linux_system() -> None:
+    links = {op.link: op.target for op in distribution_plan(layout()) if isinstance(op, Symlink)}
+    assert links[f"{ROOT}/dev/fd"] == "/proc/self/fd"
+    assert links[f"{ROOT}/dev/stdin"] == "/proc/self/fd/0"
+    assert links[f"{ROOT}/dev/stdout"] == "/proc/self/fd/1"
+    assert links[f"{ROOT}/dev/stderr"] == "/proc/self/fd/2"
+
+
+def test_run_lock_and_run_user_are_created_after_run() -> None:
+    plan = distribution_plan(layout())
+    run = _index(plan, f"{ROOT}/run")
+    dirs = {op.path: (op.mode, plan.index(op)) for op in plan if isinstance(op, Directory)}
+    assert dirs[f"{ROOT}/run/lock"][0] == 0o1777
+    assert dirs[f"{ROOT}/run/user"][0] == 0o755
+    assert all(index > run for _, index in dirs.values())
+
+
+def test_sysfs_without_a_network_namespace_is_the_hosts_read_only() -> None:
+    plan = distribution_plan(layout(own_network=False))
+    sys_mount = _mounts(plan)[f"{ROOT}/sys"]
+    assert sys_mount.source == "/sys" and sys_mount.flags & sc.MS_BIND
+    remounts = [op for op in plan if isinstance(op, Remount) and op.target == f"{ROOT}/sys"]
+    assert len(remounts) == 1
+    assert remounts[0].flags & sc.MS_RDONLY and remounts[0].flags & sc.MS_NOSUID
+    # Slave before the remount: nothing done inside travels back to the host's /sys.
+    slaves = [op for op in plan if isinstance(op, Propagation) and op.target == f"{ROOT}/sys"]
+    assert slaves and slaves[0].flags & sc.MS_SLAVE
+    assert plan.index(slaves[0]) < plan.index(remounts[0])
+
+
+def test_sysfs_with_its_own_network_is_a_fresh_read_only_mount() -> None:
+    plan = distribution_plan(layout(own_network=True))
+    sys_mount = _mounts(plan)[f"{ROOT}/sys"]
+    assert sys_mount.fstype == "sysfs"
+    assert sys_mount.flags & sc.MS_RDONLY
+    assert not [op for op in plan if isinstance(op, Remount)]
+
+
+def test_host_mount_is_a_slave_bind_of_the_hosts_root() -> None:
+    plan = distribution_plan(layout(host_mount="/mnt/host"))
+    host = _mounts(plan)[f"{ROOT}/mnt/host"]
+    assert host.source == "/" and host.flags & sc.MS_BIND and host.flags & sc.MS_REC
+    propagation = [op for op in plan if isinstance(op, Propagation) and op.target == host.target]
+    assert len(propagation) == 1
+    assert propagation[0].flags & sc.MS_SLAVE and propagation[0].flags & sc.MS_REC
+    assert plan.index(propagation[0]) > plan.index(host)
+
+
+def test_no_host_mount_means_no_view_of_the_host_root() -> None:
+    plan = distribution_plan(layout(host_mount=None))
+    assert all(not (isinstance(op, Mount) and op.source == "/") for op in plan)
+
+
+def test_the_vms_shared_directory_appears_at_mnt_wsl() -> None:
+    found = _mounts(distribution_plan(layout()))
+    shared = found[f"{ROOT}/mnt/wsl"]
+    assert shared.source == "/run/lxss/vm/0/shared" and shared.flags & sc.MS_BIND
+
+
+def test_apply_plan_logs_each_step_before_running_it() -> None:
+    events: list[str] = []
+
+    class Step:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def describe(self) -> str:
+            return f"describe {self.name}"
+
+        def apply(self) -> None:
+            events.append(f"apply {self.name}")
+            if self.name == "b":
+                raise OSError(1, "refused")
+
+    log: list[str] = []
+    with pytest.raises(OSError):
+        mounts.apply_plan([Step("a"), Step("b"), Step("c")], log)
+    # The failing step is in the log (so the error can name it); nothing after it ran.
+    assert log == ["describe a", "describe b"]
+    assert events == ["apply a", "apply b"]
