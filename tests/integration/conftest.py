@@ -240,7 +240,13 @@ class HostState:
     @classmethod
     def capture(cls, service: Service) -> HostState:
         with open("/proc/self/mountinfo") as f:
-            mounts = frozenset(" ".join(line.split()[3:5]) for line in f)
+            # Ours would name lxss (state, runtime or cgroup paths); other tools on the machine
+            # (the benchmarks' podman) mount and unmount at will and are not ours to judge.
+            mounts = frozenset(
+                " ".join(line.split()[3:5])
+                for line in f
+                if "lxss" in line or str(service.root) in line
+            )
         cgroups = set()
         for root in _cgroup_hierarchies():
             base = Path(root) / service.cgroup_name

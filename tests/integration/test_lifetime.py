@@ -290,12 +290,6 @@ def test_pids_limit_stops_a_fork_loop(service: Service, busybox: str) -> None:
         assert service.ok("-d", busybox, "-e", "echo", "room again").out == "room again\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a relay that cannot fork the program exits silently (relay.Relay.start raises, "
-    "session.serve_one's child _exits 1): the client reports 'the distribution stopped "
-    "before the program's exit status came' although the distribution runs on",
-)
 def test_a_launch_that_cannot_fork_says_so(service: Service, busybox: str) -> None:
     with machine_config(service, "[wsl2]\npidsLimit=64\n"):
         fill = "while :; do sleep 30 </dev/null >/dev/null 2>&1 & done"

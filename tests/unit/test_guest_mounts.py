@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -174,12 +175,13 @@ def test_the_vms_shared_directory_appears_at_mnt_wsl() -> None:
     assert shared.source == "/run/lxss/vm/0/shared" and shared.flags & sc.MS_BIND
 
 
-def test_apply_plan_logs_each_step_before_running_it() -> None:
+def test_apply_plan_logs_each_step_before_running_it(tmp_path: Path) -> None:
     events: list[str] = []
 
     class Step:
         def __init__(self, name: str) -> None:
             self.name = name
+            self.target = str(tmp_path / name)
 
         def describe(self) -> str:
             return f"describe {self.name}"
@@ -191,7 +193,28 @@ def test_apply_plan_logs_each_step_before_running_it() -> None:
 
     log: list[str] = []
     with pytest.raises(OSError):
-        mounts.apply_plan([Step("a"), Step("b"), Step("c")], log)
+        mounts.apply_plan([Step("a"), Step("b"), Step("c")], str(tmp_path), log)
     # The failing step is in the log (so the error can name it); nothing after it ran.
     assert log == ["describe a", "describe b"]
     assert events == ["apply a", "apply b"]
+
+
+def test_apply_plan_refuses_a_target_under_a_symlink(tmp_path: Path) -> None:
+    """Before pivot_root, the distribution's `/mnt -> /etc` would resolve on the host."""
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "mnt").symlink_to("/etc")
+    applied: list[str] = []
+
+    class Step:
+        target = str(root / "mnt" / "wsl")
+
+        def describe(self) -> str:
+            return "step"
+
+        def apply(self) -> None:
+            applied.append("applied")
+
+    with pytest.raises(OSError, match="/mnt is a symlink"):
+        mounts.apply_plan([Step()], str(root))
+    assert applied == []

@@ -56,6 +56,7 @@ InvalidArgument = _service("InvalidArgument")
 PermissionDenied = _service("PermissionDenied")
 VersionNotSupported = _service("VersionNotSupported")
 StartFailed = _service("StartFailed")
+LaunchFailed = _service("LaunchFailed")
 ServiceBusy = _service("ServiceBusy")
 InternalError = _service("InternalError")
 

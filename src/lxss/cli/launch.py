@@ -57,14 +57,15 @@ def _join_command(words: list[str]) -> str:
     """One shell command line from argv words (WSL passes its raw command line).
 
     A single word is the command text itself. With several, words holding
-    blanks (or empty ones) are single-quoted, so `lxss -- echo "a  b"` keeps
-    its spaces, while `$VAR`, `|`, `*` and friends stay for the shell.
+    blanks, quotes or backslashes (or empty ones) are single-quoted, so
+    `lxss -- echo "a  b"` keeps its spaces and `lxss -- echo "it's"` its quote,
+    while `$VAR`, `|`, `*` and friends stay for the shell.
     """
     if len(words) == 1:
         return words[0]
     quoted = []
     for word in words:
-        if word == "" or any(c in word for c in " \t\n"):
+        if word == "" or any(c in word for c in " \t\n'\"\\"):
             quoted.append("'" + word.replace("'", "'\\''") + "'")
         else:
             quoted.append(word)

@@ -28,6 +28,7 @@ _TEXT = {
     "PermissionDenied": "permission denied: {reason}",
     "VersionNotSupported": "version {version} cannot be used: {reason}",
     "StartFailed": "'{distribution}' failed to start: {reason}",
+    "LaunchFailed": "{reason}",
     "ServiceBusy": "lxssd is busy ({reason}); try again later",
     "InternalError": "lxssd failed: {reason} (its log has the details)",
     "InvalidParameter": (

@@ -122,7 +122,7 @@ class MiniInit:
                     own_network=self.spec.networking_mode == "None",
                     host_mount=HOST_MOUNT,
                 )
-                mounts.apply_plan(mounts.distribution_plan(layout))
+                mounts.apply_plan(mounts.distribution_plan(layout), layout.root)
                 mounts.pivot_into(layout.root)
                 step = m.FailureStep.LAUNCH_INIT
             except OSError as e:

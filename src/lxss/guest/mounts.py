@@ -13,6 +13,7 @@ bind-mounted in, and a private devpts instance for ptys.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -143,8 +144,16 @@ def distribution_plan(layout: RootLayout) -> list[Operation]:
     plan: list[Operation] = [
         # pivot_root needs the new root to be a mount point.
         Mount(root, root, None, sc.MS_BIND | sc.MS_REC),
-        Mount("proc", f"{root}/proc", "proc", _NOSUID_NODEV_NOEXEC),
     ]
+    if layout.host_mount is not None:
+        # First, so the host's view holds none of the mounts below.
+        target = f"{root}{layout.host_mount}"
+        plan += [
+            Mount("/", target, None, sc.MS_BIND | sc.MS_REC),
+            # Slave: a distribution unmounting under /mnt/host must not reach the host.
+            Propagation(target, sc.MS_REC | sc.MS_SLAVE),
+        ]
+    plan.append(Mount("proc", f"{root}/proc", "proc", _NOSUID_NODEV_NOEXEC))
     if layout.own_network:
         plan.append(Mount("sysfs", f"{root}/sys", "sysfs", _NOSUID_NODEV_NOEXEC | sc.MS_RDONLY))
     else:
@@ -170,18 +179,42 @@ def distribution_plan(layout: RootLayout) -> list[Operation]:
         Mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777"),
         Mount(layout.shared_dir, f"{root}/mnt/wsl", None, sc.MS_BIND | sc.MS_REC),
     ]
-    if layout.host_mount is not None:
-        target = f"{root}{layout.host_mount}"
-        plan += [
-            Mount("/", target, None, sc.MS_BIND | sc.MS_REC),
-            # Slave: a distribution unmounting under /mnt/host must not reach the host.
-            Propagation(target, sc.MS_REC | sc.MS_SLAVE),
-        ]
     return plan
 
 
-def apply_plan(plan: list[Operation], log: list[str] | None = None) -> None:
+def _where(operation: Operation) -> str:
+    for name in ("link", "path", "target"):  # a Symlink's target is its content
+        value = getattr(operation, name, None)
+        if isinstance(value, str):
+            return value
+    raise TypeError(f"{operation!r} names no path")
+
+
+def check_inside(root: str, path: str) -> None:
+    """Refuse *path* if a component below *root* is a symlink.
+
+    The plan runs before pivot_root, where the distribution's absolute symlinks
+    would resolve on the host's tree: `/mnt -> /etc` must not make lxss create
+    or mount anything outside the distribution.
+    """
+    relative = os.path.relpath(path, root)
+    if relative == ".":
+        return
+    if relative.startswith(".."):
+        raise OSError(errno.EXDEV, f"{path} is outside the distribution's root")
+    current = root
+    for part in relative.split("/"):
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            inside = "/" + os.path.relpath(current, root)
+            raise OSError(
+                errno.ELOOP, f"the distribution's {inside} is a symlink; lxss mounts there"
+            )
+
+
+def apply_plan(plan: list[Operation], root: str, log: list[str] | None = None) -> None:
     for operation in plan:
+        check_inside(root, _where(operation))
         if log is not None:
             log.append(operation.describe())
         operation.apply()

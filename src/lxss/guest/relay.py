@@ -124,7 +124,7 @@ class Relay:
             streams.append(fd)
         signal.set_wakeup_fd(self.wakeup_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        self.child = os.fork()
+        self.child = os.fork()  # OSError (EAGAIN at the pids limit) goes to the caller
         if self.child == 0:
             _exec_program(self.plan, streams, slave)
         # The program holds its streams now; ours would keep pipes open past its end.
@@ -323,10 +323,18 @@ class Relay:
         return 0
 
 
-def main(plan: Plan, message: m.InitCreateProcess, fds: m.CreateProcessFds) -> int:
+def main(plan: Plan, message: m.InitCreateProcess, fds: m.CreateProcessFds, ready_fd: int) -> int:
+    """Run the program and relay for it. *ready_fd* is closed once the program is forked,
+    or gets the reason it could not be (the session leader answers the service with it)."""
     set_title("lxss-relay")
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sc.set_child_subreaper()
     relay = Relay(plan, message, fds)
-    relay.start()
+    try:
+        relay.start()
+    except OSError as e:
+        os.write(ready_fd, (e.strerror or str(e)).encode())
+        os.close(ready_fd)
+        return 1
+    os.close(ready_fd)
     return relay.run()

@@ -10,17 +10,21 @@ service closes the channel, the session leader exits; relays run on.
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import signal
 import socket
 
 from lxss.guest import relay
-from lxss.guest.process import Context, PlanError, Request, plan
+from lxss.guest.process import Context, Plan, PlanError, Request, plan
 from lxss.guest.users import UserDatabase
 from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
 from lxss.protocol.framing import ProtocolError
+
+RELAY_START_TIMEOUT = 10.0
 
 
 def _request(message: m.InitCreateProcess) -> Request:
@@ -63,17 +67,46 @@ def serve_one(channel: Channel, context: Context) -> None:
         for fd in fds:
             os.close(fd)
         raise
-    pid = os.fork()
+    result, pid, text = _start_relay(channel, launch, message, named)
+    for fd in fds:
+        os.close(fd)
+    channel.reply(header, m.InitCreateProcessResponse(result=result, pid=pid, message=text))
+
+
+def _start_relay(
+    channel: Channel, launch: Plan, message: m.InitCreateProcess, named: m.CreateProcessFds
+) -> tuple[int, int, str | None]:
+    """Fork a relay and wait until it has forked the program: (result, relay pid, message).
+
+    The answer to CreateProcess waits for the program's fork, so "no more processes"
+    (the VM's pids limit) reaches the client as a clear failure instead of a relay
+    that vanishes. Exec failures come later, as the program's exit status (127).
+    """
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(ready_r)
+        os.close(ready_w)
+        return e.errno or errno.EAGAIN, 0, f"cannot start a relay: {e.strerror}"
     if pid == 0:
         code = 1
         try:
+            os.close(ready_r)
             channel.close()
-            code = relay.main(launch, message, named)
+            code = relay.main(launch, message, named, ready_w)
         finally:
             os._exit(code)
-    for fd in fds:
-        os.close(fd)
-    channel.reply(header, m.InitCreateProcessResponse(result=0, pid=pid, message=None))
+    os.close(ready_w)
+    try:
+        ready, _, _ = select.select([ready_r], [], [], RELAY_START_TIMEOUT)
+        report = os.read(ready_r, 512) if ready else b"timeout"
+    finally:
+        os.close(ready_r)
+    if report == b"":
+        return 0, pid, None
+    text = report.decode(errors="replace")
+    return errno.EAGAIN, pid, f"cannot start {launch.executable}: {text}"
 
 
 def main(sock: socket.socket, context: Context) -> int:

@@ -138,6 +138,7 @@ async def serve(settings: Settings, systemd: bool) -> None:
             if session.runtime is not None:
                 with contextlib.suppress(Exception):
                     await session.runtime.shutdown(force=False)
+        runtime.clean_exit(settings)
         listener.close()
         if not systemd:
             with contextlib.suppress(FileNotFoundError):

@@ -78,6 +78,12 @@ class Instance:
         self.idle: asyncio.TimerHandle | None = None
         self.warnings: list[str] = []
         self.ended = asyncio.Event()
+        self.launching = 0  # CreateProcess calls under way: the instance is not idle
+        self.stopping = False  # terminate was asked: new launches wait for the end
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.relays) or self.launching > 0
 
     def __repr__(self) -> str:
         return f"<Instance {self.distribution.name} pid={self.vm_pid} relays={len(self.relays)}>"
@@ -157,7 +163,7 @@ class Runtime:
         if self.vm is not None and self.vm.running():
             return self.vm
         if self.vm is not None:
-            await self._vm_gone()
+            await self._vm_gone(force=True)
         self.config = config = self.load_config()
         spec = VmSpec(
             owner_uid=self.session.uid,
@@ -192,15 +198,17 @@ class Runtime:
                         self._instance_gone(instance)
         except _GUEST_ERRORS:
             if self.vm is vm:
-                await self._vm_gone()
+                await self._vm_gone(force=True)
 
-    async def _vm_gone(self) -> None:
+    async def _vm_gone(self, force: bool = False) -> None:
+        """Stop the VM (if any) and forget its instances. Unforced, mini_init is asked to
+        end (its channel closes) and the VM's processes end in order, leaving no zombie."""
         vm, self.vm = self.vm, None
         for instance in list(self.instances.values()):
             self._instance_gone(instance)
         if vm is not None:
             log.info("uid %d: utility VM stopped", self.session.uid)
-            await vm.stop(force=True)
+            await vm.stop(force=force)
 
     def _arm_vm_idle(self) -> None:
         if self._vm_idle is not None:
@@ -226,9 +234,22 @@ class Runtime:
     # Instances -------------------------------------------------------------------
 
     async def ensure_instance(self, distribution: Distribution) -> Instance:
+        """The running instance of *distribution*, started if needed, counted as launching
+        (the caller must decrement `launching` when its launch is over)."""
         async with self._lock:
             instance = self.instances.get(distribution.guid)
+            if instance is not None and instance.stopping:
+                # A terminate is under way: let that instance end, then start afresh.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(instance.ended.wait(), TERMINATE_TIMEOUT)
+                if self.instances.get(distribution.guid) is instance:
+                    await self._vm_gone(force=True)
+                instance = None
             if instance is not None:
+                instance.launching += 1
+                if instance.idle is not None:
+                    instance.idle.cancel()
+                    instance.idle = None
                 return instance
             vm = await self.ensure_vm()
             if self._vm_idle is not None:
@@ -240,6 +261,7 @@ class Runtime:
                 self._arm_vm_idle()
                 raise
             self.instances[distribution.guid] = instance
+            instance.launching += 1
             return instance
 
     async def _launch(self, vm: NamespaceVm, distribution: Distribution) -> Instance:
@@ -307,7 +329,7 @@ class Runtime:
         if instance.idle is not None:
             instance.idle.cancel()
             instance.idle = None
-        if instance.relays:
+        if instance.busy or instance.stopping:
             return
         timeout = self.config.instance_idle_timeout_ms if self.config else 15000
         if timeout < 0:
@@ -316,7 +338,7 @@ class Runtime:
 
         def fire() -> None:
             instance.idle = None
-            if not instance.relays and self.instances.get(instance.distribution.guid) is instance:
+            if not instance.busy and self.instances.get(instance.distribution.guid) is instance:
                 self._spawn(self.terminate(instance.distribution.guid, force=False))
 
         instance.idle = loop.call_later(timeout / 1000, fire)
@@ -392,7 +414,36 @@ class Runtime:
                 os.close(fds.pop("console") or -1)
                 fds["console"] = None
             instance = await self.ensure_instance(distribution)
-            shell_type = p["shellType"]
+            try:
+                warnings = await self._launch_process(instance, call, flags, fds, lifetime_remote)
+            finally:
+                instance.launching -= 1
+                if self.instances.get(distribution.guid) is instance:
+                    self._arm_idle(instance)
+            self._track_relay(instance, lifetime)
+            lifetime = None
+        finally:
+            for fd in fds.values():
+                if fd is not None:
+                    os.close(fd)
+            lifetime_remote.close()
+            if lifetime is not None:
+                lifetime.close()
+        return {"guid": distribution.guid, "name": distribution.name, "warnings": warnings}
+
+    async def _launch_process(
+        self,
+        instance: Instance,
+        call: Call,
+        flags: int,
+        fds: dict[str, int | None],
+        lifetime: socket.socket,
+    ) -> list[str]:
+        """Ask the console's session leader for a relay; the start warnings, on success."""
+        p = call.parameters
+        distribution = instance.distribution
+        shell_type = p["shellType"]
+        try:
             message = m.InitCreateProcess(
                 rows=max(1, min(p["rows"], 0xFFFF)),
                 columns=max(1, min(p["columns"], 0xFFFF)),
@@ -407,36 +458,31 @@ class Runtime:
                 distribution_name=distribution.name,
                 host_cwd=p.get("hostCwd"),
             )
-            ordered = message.order_fds(
-                m.CreateProcessFds(
-                    control=fds["control"],
-                    lifetime=lifetime_remote.fileno(),
-                    console=fds["console"],
-                    stdin=fds["stdin"],
-                    stdout=fds["stdout"],
-                    stderr=fds["stderr"],
-                )
+        except ValueError as e:  # a string that is not UTF-8, or a value out of range
+            raise errors.InvalidArgument(parameter="commandLine", reason=str(e)) from None
+        ordered = message.order_fds(
+            m.CreateProcessFds(
+                control=fds["control"] or -1,
+                lifetime=lifetime.fileno(),
+                console=fds["console"],
+                stdin=fds["stdin"],
+                stdout=fds["stdout"],
+                stderr=fds["stderr"],
             )
-            try:
-                leader = await self._leader(instance, p["consoleId"])
-                reply, _ = await leader.transaction(message, m.InitCreateProcessResponse, ordered)
-            except _GUEST_ERRORS as e:
-                raise errors.StartFailed(distribution=distribution.name, reason=str(e)) from None
-            if reply.result == USER_NOT_FOUND:
-                raise errors.UserNotFound(user=p.get("username") or "")
-            if reply.result != 0:
-                raise errors.InvalidArgument(parameter="commandLine", reason=reply.message or "")
-            self._track_relay(instance, lifetime)
-            lifetime = None
-            warnings, instance.warnings = instance.warnings, []
-        finally:
-            for fd in fds.values():
-                if fd is not None:
-                    os.close(fd)
-            lifetime_remote.close()
-            if lifetime is not None:
-                lifetime.close()
-        return {"guid": distribution.guid, "name": distribution.name, "warnings": warnings}
+        )
+        try:
+            leader = await self._leader(instance, p["consoleId"])
+            reply, _ = await leader.transaction(message, m.InitCreateProcessResponse, ordered)
+        except _GUEST_ERRORS as e:
+            raise errors.StartFailed(distribution=distribution.name, reason=str(e)) from None
+        if reply.result == USER_NOT_FOUND:
+            raise errors.UserNotFound(user=p.get("username") or "")
+        if reply.result == errno.EINVAL:
+            raise errors.InvalidArgument(parameter="commandLine", reason=reply.message or "")
+        if reply.result != 0:
+            raise errors.LaunchFailed(reason=reply.message or os.strerror(reply.result))
+        warnings, instance.warnings = instance.warnings, []
+        return warnings
 
     async def terminate(self, guid: str, force: bool, holding_lock: bool = False) -> None:
         """Stop one distribution: ask its init, then make sure (by stopping the VM, under
@@ -444,6 +490,10 @@ class Runtime:
         instance = self.instances.get(guid)
         if instance is None:
             return
+        instance.stopping = True
+        if instance.idle is not None:
+            instance.idle.cancel()
+            instance.idle = None
         with contextlib.suppress(*_GUEST_ERRORS):
             await instance.link.transaction(
                 m.InitTerminateInstance(force=force), m.ResultBool, timeout=5.0
@@ -454,17 +504,17 @@ class Runtime:
             log.error("uid %d: %s did not stop; stopping the VM", self.session.uid,
                       instance.distribution.name)  # fmt: skip
             if holding_lock:
-                await self._vm_gone()
+                await self._vm_gone(force=True)
                 return
             async with self._lock:
-                await self._vm_gone()
+                await self._vm_gone(force=True)
 
     async def shutdown(self, force: bool) -> None:
         async with self._lock:
             if not force:
                 for guid in list(self.instances):
                     await self.terminate(guid, force=False, holding_lock=True)
-            await self._vm_gone()
+            await self._vm_gone(force=force)
             if self._vm_idle is not None:
                 self._vm_idle.cancel()
                 self._vm_idle = None
@@ -487,6 +537,11 @@ def runtime_factory(settings: Settings) -> Any:
         return Runtime(session, settings, backend)
 
     return make
+
+
+def clean_exit(settings: Settings) -> None:
+    """What the service removes when it stops, after every VM has: its top cgroup."""
+    cgroup.remove_root(cgroup.Layout.detect(), settings.cgroup_name)
 
 
 def clean_stale(settings: Settings) -> None:

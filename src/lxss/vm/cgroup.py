@@ -197,6 +197,13 @@ class Cgroup:
                         time.sleep(0.02)
 
 
+def remove_root(layout: Layout, root_name: str) -> None:
+    """Remove the service's top cgroup in every hierarchy, if nothing is left in it."""
+    for hierarchy in layout.hierarchies():
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(hierarchy, root_name))
+
+
 def stale_groups(layout: Layout, root_name: str) -> list[Cgroup]:
     """The VM cgroups under *root_name* that a previous service left behind."""
     names: set[str] = set()
