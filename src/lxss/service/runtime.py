@@ -68,8 +68,11 @@ def _read_owned_file(path: str, uid: int) -> str | None:
 class Instance:
     """One running distribution."""
 
-    def __init__(self, distribution: Distribution, link: GuestLink, vm_pid: int) -> None:
+    def __init__(
+        self, distribution: Distribution, vm: NamespaceVm, link: GuestLink, vm_pid: int
+    ) -> None:
         self.distribution = distribution
+        self.vm = vm  # pids are per VM: a ChildExit from another VM is not about us
         self.link = link
         self.vm_pid = vm_pid
         self.default_uid = distribution.default_uid
@@ -194,7 +197,7 @@ class Runtime:
                     os.close(fd)
                 assert isinstance(message, m.MiniInitChildExit)
                 for instance in list(self.instances.values()):
-                    if instance.vm_pid == message.child_pid:
+                    if instance.vm is vm and instance.vm_pid == message.child_pid:
                         self._instance_gone(instance)
         except _GUEST_ERRORS:
             if self.vm is vm:
@@ -288,7 +291,7 @@ class Runtime:
                 step = m.FailureStep(result.failure_step).name.lower().replace("_", " ")
                 detail = "; ".join(result.warnings) or os.strerror(result.result)
                 raise errors.StartFailed(distribution=name, reason=f"{detail} (step: {step})")
-            instance = Instance(distribution, link, result.pid)
+            instance = Instance(distribution, vm, link, result.pid)
             instance.warnings = list(result.warnings)
             initialize = m.InitInitialize(
                 hostname=vm.spec.hostname,
