@@ -27,6 +27,7 @@ from lxss.guest import session
 from lxss.guest.process import Context
 from lxss.guest.users import UserDatabase
 from lxss.linux import syscalls as sc
+from lxss.linux.children import ChildWatch
 from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
@@ -70,12 +71,10 @@ class Init:
         self.hostname = self.conf.hostname(launch.hostname or "localhost")
         self.host_mount: str | None = host_mount
         self.boot_command_started = False
-        self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.children = ChildWatch()
 
     def setup(self) -> None:
         os.umask(0o022)
-        signal.set_wakeup_fd(self.wakeup_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
         sc.sethostname(self.hostname)
         _write_file("/etc/hostname", self.hostname + "\n")
         if self.conf.network_generate_hosts:
@@ -130,6 +129,7 @@ class Init:
         pid = os.fork()
         if pid == 0:
             try:
+                self.children.close()
                 _reset_child()
                 null = os.open("/dev/null", os.O_RDWR)
                 for fd in (0, 1, 2):
@@ -147,6 +147,7 @@ class Init:
             try:
                 theirs.close()
                 self.channel.close()
+                self.children.close()
                 _reset_child()
                 code = session.main(ours, context)
             finally:
@@ -164,17 +165,6 @@ class Init:
 
     # Loop ----------------------------------------------------------------------
 
-    def reap(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.wakeup_r, 4096)
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-
     def serve(self) -> None:
         handlers = {
             m.InitInitialize: self.initialize,
@@ -185,11 +175,11 @@ class Init:
             # The channel never reads past a message, so the socket alone says whether
             # another one is waiting.
             try:
-                ready, _, _ = select.select([self.channel.fileno(), self.wakeup_r], [], [])
+                ready, _, _ = select.select([self.channel.fileno(), self.children.fileno()], [], [])
             except InterruptedError:
                 continue
-            if self.wakeup_r in ready:
-                self.reap()
+            if self.children.fileno() in ready:
+                self.children.reap()  # init reaps every orphan of the distribution
             if self.channel.fileno() not in ready:
                 continue
             header, message, fds = self.channel.receive_with_header(tuple(handlers), timeout=30.0)
@@ -217,9 +207,8 @@ def _boot_environment() -> dict[str, str]:
 
 
 def _reset_child() -> None:
-    """Undo init's signal set-up in a child (dispositions survive fork and exec)."""
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+    """Undo inherited signal dispositions in a child (they survive fork and exec)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
 
 

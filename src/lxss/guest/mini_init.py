@@ -30,6 +30,7 @@ import traceback
 
 from lxss.guest import gns, init, mounts
 from lxss.linux import syscalls as sc
+from lxss.linux.children import ChildWatch
 from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
@@ -47,7 +48,7 @@ class MiniInit:
         self.scratch = str(spec.extra["scratch"])
         self.shared = os.path.join(self.scratch, "shared")
         self.distributions: dict[int, str] = {}
-        self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.children = ChildWatch()
 
     # Boot ----------------------------------------------------------------------
 
@@ -59,8 +60,6 @@ class MiniInit:
         sc.mount("wsl", self.shared, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755")
         # Shared: what one distribution mounts under /mnt/wsl, all of them see.
         sc.mount(None, self.shared, None, sc.MS_SHARED)
-        signal.set_wakeup_fd(self.wakeup_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
         self.control.send(m.MiniInitGuestCapabilities(kernel_version=os.uname().release, pid=1))
 
     # Messages ------------------------------------------------------------------
@@ -103,10 +102,7 @@ class MiniInit:
         channel = None
         try:
             sc.set_pdeathsig(signal.SIGKILL)
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            os.close(self.wakeup_r)
-            os.close(self.wakeup_w)
+            self.children.close()
             self.control.close()
             self.notify.close()
             channel = Channel(socket.socket(fileno=channel_fd), "init")
@@ -146,17 +142,7 @@ class MiniInit:
     # Children --------------------------------------------------------------------
 
     def reap(self) -> None:
-        try:
-            os.read(self.wakeup_r, 4096)
-        except BlockingIOError:
-            pass
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in self.children.reap():
             name = self.distributions.pop(pid, None)
             if name is not None:
                 try:
@@ -171,10 +157,10 @@ class MiniInit:
             # The channel never reads past a message, so the socket alone says whether
             # another one is waiting.
             try:
-                ready, _, _ = select.select([self.control.fileno(), self.wakeup_r], [], [])
+                ready, _, _ = select.select([self.control.fileno(), self.children.fileno()], [], [])
             except InterruptedError:
                 continue
-            if self.wakeup_r in ready:
+            if self.children.fileno() in ready:
                 self.reap()
             if self.control.fileno() not in ready:
                 continue

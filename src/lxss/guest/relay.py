@@ -31,6 +31,7 @@ import termios
 
 from lxss.guest.process import Plan
 from lxss.linux import syscalls as sc
+from lxss.linux.children import ChildWatch
 from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
@@ -107,7 +108,7 @@ class Relay:
         self.to_master = b""
         self.to_console = b""
         self.console_input = fds.console is not None  # False once the client sent EOF
-        self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.children = ChildWatch()
 
     def start(self) -> None:
         flags = self.message.flags
@@ -122,8 +123,6 @@ class Relay:
             fd = slave if flags & flag else getattr(self.fds, name)
             assert fd is not None
             streams.append(fd)
-        signal.set_wakeup_fd(self.wakeup_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
         self.child = os.fork()  # OSError (EAGAIN at the pids limit) goes to the caller
         if self.child == 0:
             _exec_program(self.plan, streams, slave)
@@ -139,15 +138,7 @@ class Relay:
     # Events ----------------------------------------------------------------------
 
     def reap(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.wakeup_r, 4096)
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in self.children.reap():
             if pid == self.child:
                 self.status = status
 
@@ -246,7 +237,7 @@ class Relay:
 
     def run(self) -> int:
         while self.status is None:
-            watch = [self.wakeup_r]
+            watch = [self.children.fileno()]
             if self.control is not None:
                 watch.append(self.control.fileno())
             write_watch = []
@@ -263,7 +254,7 @@ class Relay:
                 readable, writable, _ = select.select(watch, write_watch, [])
             except InterruptedError:
                 continue
-            if self.wakeup_r in readable:
+            if self.children.fileno() in readable:
                 self.reap()
             if self.control is not None and self.control.fileno() in readable:
                 self.on_control()

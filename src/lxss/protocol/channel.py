@@ -131,6 +131,36 @@ class ChannelState:
         return True
 
 
+def accept_frame(
+    state: ChannelState,
+    frame: Frame,
+    expected: tuple[type[Message], ...] | None,
+    awaiting: tuple[int, int] | None,
+    what: str,
+) -> tuple[MessageHeader, Message, list[int]] | None:
+    """Apply the sequencing rules to a received frame and decode it.
+
+    None for a stale frame (its fds closed). Raises ProtocolError, with the frame's fds
+    closed, for anything the rules or the codec refuse or a message not in *expected*.
+    Shared by the blocking Channel and the service's asyncio end (lxss.vm.link).
+    """
+    fds = list(frame.fds)
+    try:
+        if not state.check_incoming(frame.header, awaiting):
+            close_fds(fds)
+            return None
+        header, message = decode(frame.data, len(fds))
+        if expected and not isinstance(message, expected):
+            raise ProtocolError(
+                f"expected {what}, received {type(message).__name__}",
+                message_type=header.type,
+            )
+    except BaseException:
+        close_fds(fds)
+        raise
+    return header, message, fds
+
+
 class _Deadline:
     """One monotonic deadline for a whole operation, and how its expiry is reported."""
 
@@ -382,24 +412,14 @@ class Channel:
         self._check_open()
         while True:
             frame = self._next_frame(deadline, what)
-            fds = list(frame.fds)
             try:
-                if not self.state.check_incoming(frame.header, awaiting):
-                    self._log_frame("discarded stale", frame)
-                    close_fds(fds)
-                    continue
-                header, message = decode(frame.data, len(fds))
-                if expected and not isinstance(message, expected):
-                    raise ProtocolError(
-                        f"expected {what}, received {type(message).__name__}",
-                        message_type=header.type,
-                    )
+                accepted = accept_frame(self.state, frame, expected, awaiting, what)
             except ProtocolError as error:
-                close_fds(fds)
                 raise self._named(error) from None
-            except BaseException:
-                close_fds(fds)
-                raise
+            if accepted is None:
+                self._log_frame("discarded stale", frame)
+                continue
+            header, message, fds = accepted
             if self.log is not None:
                 self.log(
                     f"{self.name}: received {message!r} id={header.transaction_id} "

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from lxss.api.wire import fds_from_ancillary, fds_to_bytes
-from lxss.protocol.channel import ChannelClosed, ChannelState
-from lxss.protocol.codec import TYPE_NAMES, Message, decode, encode
+from lxss.protocol.channel import ChannelClosed, ChannelState, accept_frame
+from lxss.protocol.codec import TYPE_NAMES, Message, encode
 from lxss.protocol.framing import (
     Frame,
     FrameAssembler,
@@ -167,21 +167,15 @@ class GuestLink:
         timeout: float | None,
     ) -> tuple[MessageHeader, Message, list[int]]:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        what = ", ".join(t.__name__ for t in expected)
         while True:
             frame = await self._next_frame(deadline)
-            fds = list(frame.fds)
             try:
-                if not self.state.check_incoming(frame.header, awaiting):
-                    close_fds(fds)
-                    continue
-                header, message = decode(frame.data, len(fds))
-                if not isinstance(message, expected):
-                    names = ", ".join(t.__name__ for t in expected)
-                    raise ProtocolError(f"expected {names}, received {type(message).__name__}")
+                accepted = accept_frame(self.state, frame, expected, awaiting, what)
             except ProtocolError as e:
-                close_fds(fds)
                 raise ProtocolError(f"channel {self.name}: {e}") from None
-            return header, message, fds
+            if accepted is not None:
+                return accepted
 
     async def _next_frame(self, deadline: float) -> Frame:
         while not self._frames:
