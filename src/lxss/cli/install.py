@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from lxss.cli import manage as commands
+from lxss.cli.errors import CommandError
 from lxss.cli.parse import Launch, Management
 from lxss.cli.service import connect
 
@@ -15,7 +16,7 @@ def install(request: Management, for_uid: int | None) -> int:
     options = request.options
     source = request.args[0] if request.args else str(options.get("--distribution") or "busybox")
     if source not in BUILTINS:
-        raise commands.CommandError(
+        raise CommandError(
             f"'{source}' cannot be installed by name yet; the built-in distribution is "
             "busybox. Import others with: lxss --import NAME DIR FILE"
         )
@@ -44,7 +45,7 @@ def install(request: Management, for_uid: int | None) -> int:
 def manage(request: Management, for_uid: int | None) -> int:
     user = request.options.get("--set-default-user")
     if not isinstance(user, str):
-        raise commands.CommandError("--manage needs one of: --set-default-user USER")
+        raise CommandError("--manage needs one of: --set-default-user USER")
     from lxss.cli.launch import lookup_uid
 
     uid = lookup_uid(request.args[0], user, for_uid)

@@ -25,6 +25,7 @@ import sys
 import termios
 import time
 
+from lxss.cli.errors import CommandError
 from lxss.cli.parse import Launch
 from lxss.cli.service import connect, lxss_argv
 from lxss.protocol import control
@@ -40,7 +41,7 @@ DRAIN_TIMEOUT = 5.0
 PASSED_ENVIRONMENT = ("TERM", "COLORTERM")
 
 
-class LaunchError(Exception):
+class LaunchError(CommandError):
     pass
 
 

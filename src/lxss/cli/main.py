@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Imported here: only a failure pays for them.
         from lxss.api.errors import VarlinkError
-        from lxss.cli.manage import CommandError
+        from lxss.cli.errors import CommandError
         from lxss.cli.messages import describe
         from lxss.cli.service import ServiceUnavailable
 

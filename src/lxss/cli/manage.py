@@ -13,6 +13,7 @@ import stat
 import sys
 
 from lxss.api.client import Client
+from lxss.cli.errors import CommandError
 from lxss.cli.parse import Management
 
 TYPE_CHECKING = False
@@ -20,10 +21,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 LONG_CALL = 6 * 3600.0  # imports and exports of big trees on slow disks
-
-
-class CommandError(Exception):
-    """A failure of the lxss command itself (not the service): printed, exit 255."""
 
 
 def out(text: str) -> None:
