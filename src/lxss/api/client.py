@@ -60,7 +60,13 @@ class Client:
         """
         name = method if "." in method else f"{INTERFACE}.{method}"
         request = {"method": name, "parameters": {k: v for k, v in (parameters or {}).items()}}
-        self._send(wire.dumps(request), fds)
+        try:
+            self._send(wire.dumps(request), fds)
+        except (BrokenPipeError, ConnectionResetError):
+            # The service may refuse a connection before reading a byte of it (ServiceBusy
+            # when the caller holds too many): its reason is still there to be read, and
+            # says more than "Broken pipe". Nothing there: "lxssd closed the connection".
+            pass
         reply = self._receive(timeout)
         error = reply.get("error")
         if error is not None:

@@ -67,14 +67,26 @@ class Call:
 
     def take_fd(self, parameter: str) -> int | None:
         """The fd named by *parameter* (an index into the fds); the caller owns it now."""
-        index = self.parameters.get(parameter)
-        if index is None:
-            return None
-        if not 0 <= index < len(self.fds) or self.fds[index] < 0:
-            raise errors.InvalidParameter(parameter=parameter)
-        fd: int = self.fds[index]
-        self.fds[index] = -1
-        return fd
+        return self.take_fds(parameter)[parameter]
+
+    def take_fds(self, *parameters: str) -> dict[str, int | None]:
+        """The fds named by *parameters*, all or none: every index is checked (in range,
+        not taken, not named twice) before any fd changes hands. The caller owns them."""
+        indexes: dict[str, int | None] = {}
+        seen: set[int] = set()
+        for parameter in parameters:
+            index = self.parameters.get(parameter)
+            if index is not None:
+                if not 0 <= index < len(self.fds) or self.fds[index] < 0 or index in seen:
+                    raise errors.InvalidParameter(parameter=parameter)
+                seen.add(index)
+            indexes[parameter] = index
+        taken: dict[str, int | None] = {}
+        for parameter, index in indexes.items():
+            taken[parameter] = None if index is None else self.fds[index]
+            if index is not None:
+                self.fds[index] = -1
+        return taken
 
     def close_fds(self) -> None:
         for fd in self.fds:
@@ -171,7 +183,11 @@ class Connection:
                 call.close_fds()
         if call is not None and request.get("oneway"):
             return True
-        await asyncio.get_running_loop().sock_sendall(self.sock, wire.dumps(reply))
+        # A client that stops reading its replies must not hold its connection forever.
+        await asyncio.wait_for(
+            asyncio.get_running_loop().sock_sendall(self.sock, wire.dumps(reply)),
+            self.server.limits.partial_message_timeout,
+        )
         return True
 
     def close(self) -> None:

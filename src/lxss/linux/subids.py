@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -18,6 +19,7 @@ RANGE_SIZE: Final = 65536
 FIRST_ALLOCATED: Final = 100000
 SUBUID_FILE: Final = "/etc/subuid"
 SUBGID_FILE: Final = "/etc/subgid"
+LOCK_TIMEOUT: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,14 @@ def find_range(ranges: Iterable[SubRange], names: tuple[str, ...], need: int) ->
     return None
 
 
+def subordinate_owner(uid: int, subuid_file: str = SUBUID_FILE) -> str | None:
+    """Whose subordinate range holds *uid* (a user name or uid as written), if anyone's."""
+    for r in parse_ranges(_read(subuid_file)):
+        if r.start <= uid < r.end:
+            return r.owner
+    return None
+
+
 def next_free_start(*range_lists: Iterable[SubRange], size: int = RANGE_SIZE) -> int:
     """Lowest start ≥ FIRST_ALLOCATED, aligned to *size*, clear of every listed range."""
     taken = sorted((r.start, r.end) for ranges in range_lists for r in ranges)
@@ -121,6 +131,21 @@ def _append(path: str, line: str) -> None:
         os.close(fd)
 
 
+def _lock(fd: int, timeout: float) -> None:
+    """flock(LOCK_EX) with a deadline: another holder must not stall the service forever."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"subordinate id files stayed locked for {timeout:.0f} s"
+                ) from None
+            time.sleep(0.01)
+
+
 def ensure_mapping(
     uid: int,
     gid: int,
@@ -137,7 +162,7 @@ def ensure_mapping(
     names = (user_name, str(uid))
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd, LOCK_TIMEOUT)
         uids, gids = parse_ranges(_read(subuid_file)), parse_ranges(_read(subgid_file))
         sub_u, sub_g = find_range(uids, names, RANGE_SIZE), find_range(gids, names, RANGE_SIZE)
         if sub_u is None or sub_g is None:

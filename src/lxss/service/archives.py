@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ async def _run(
     try:
         return await _run_in(jail, operation, argv, stdin, pass_fds, timeout)
     finally:
-        jail.group.destroy()
+        await asyncio.get_running_loop().run_in_executor(None, jail.group.destroy)
 
 
 async def _run_in(
@@ -104,6 +105,12 @@ async def _run_in(
         raise
     for line in stderr.decode(errors="replace").splitlines():
         log.debug("archive worker %s: %s", operation, line)
+    if proc.returncode == -signal.SIGKILL and _out_of_memory(jail.group):
+        log.warning("archive worker %s: killed at its memory limit", operation)
+        raise WorkerFailed(
+            f"the archive needs more than the {WORKER_LIMITS.memory_bytes >> 20} MiB of memory "
+            "an import may use (a compression bomb, or a header claiming gigabytes?)"
+        )
     try:
         report: dict[str, Any] = json.loads(stdout.decode() or "null")
     except ValueError:
@@ -115,6 +122,20 @@ async def _run_in(
     tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
     log.error("archive worker %s crashed (status %s): %s", operation, proc.returncode, tail[0])
     raise WorkerFailed(f"the archive worker failed unexpectedly ({tail[0]})")
+
+
+def _out_of_memory(group: Cgroup) -> bool:
+    """Whether the kernel's OOM killer has killed a process of *group* (v2 or v1 counters)."""
+    for path in group.paths():
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                with open(os.path.join(path, name)) as f:
+                    counters = dict(line.split() for line in f if len(line.split()) == 2)
+            except OSError:
+                continue
+            if int(counters.get("oom_kill", "0")) > 0:
+                return True
+    return False
 
 
 def _unpack_result(report: dict[str, Any]) -> UnpackResult:

@@ -14,6 +14,7 @@ from typing import Any
 from lxss import __version__
 from lxss.api import errors
 from lxss.api.server import Call
+from lxss.linux.subids import subordinate_owner
 from lxss.service.registry import Registry
 from lxss.service.session import Owner, UserSession
 from lxss.service.settings import Settings
@@ -36,7 +37,25 @@ class ServiceHandler:
             self.sessions[uid] = session
         return session
 
+    def _check_caller(self, uid: int) -> None:
+        """Refuse a caller whose uid is someone's subordinate id.
+
+        Such a uid is a non-root user inside somebody's distribution (reaching the socket
+        through /mnt/host): serving it as a user of its own would give each subordinate id
+        its own VM, limits and id range, recursively. The distribution's root is its owner,
+        and is served as such.
+        """
+        if uid == 0:
+            return
+        owner = subordinate_owner(uid, self.settings.subuid_file)
+        if owner is not None:
+            raise errors.PermissionDenied(
+                reason=f"uid {uid} is a subordinate id of {owner}: run lxss as that "
+                "distribution's root, or on the host"
+            )
+
     def session(self, call: Call) -> UserSession:
+        self._check_caller(call.peer.uid)
         target = call.parameters.get("forUid")
         if target is None:
             return self.session_for(call.peer.uid)
@@ -53,8 +72,8 @@ class ServiceHandler:
 
     async def RegisterDistribution(self, call: Call) -> dict[str, Any]:
         session = self.session(call)
-        archive = call.take_fd("archive")
-        location = call.take_fd("location")
+        taken = call.take_fds("archive", "location")
+        archive, location = taken["archive"], taken["location"]
         try:
             distribution, warnings = await session.register(
                 call.parameters["name"],

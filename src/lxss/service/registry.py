@@ -11,6 +11,8 @@ rows left Installing or Uninstalling by a crash are finished off at start-up.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
 import time
@@ -82,8 +84,10 @@ class UserSettings:
 
 
 def valid_name(name: str) -> bool:
-    """WSL's rule: letters, digits, '.', '_', '-'; 1 to 256 characters."""
-    return _NAME.fullmatch(name) is not None
+    """WSL's rule: letters, digits, '.', '_', '-'; 1 to 256 characters. A name that reads
+    as a GUID is refused too: distributions are named by name or GUID, so it would be
+    ambiguous."""
+    return _NAME.fullmatch(name) is not None and normalize_guid(name) is None
 
 
 def new_guid() -> str:
@@ -115,11 +119,47 @@ def _row(row: sqlite3.Row) -> Distribution:
     )
 
 
+MAX_OS_RELEASE_FIELD: Final = 64
+
+
+def os_release_field(value: str) -> str:
+    """ID or VERSION_ID as stored: printable characters only, at most 64 of them.
+
+    The value comes from the distribution's own /etc/os-release, which its root writes:
+    unbounded, it would make every listing of the owner's distributions too large to
+    send (and control characters would reach whoever prints it). os-release(5) allows
+    far less: lower-case letters, digits, ".", "_" and "-".
+    """
+    return "".join(c for c in value[: MAX_OS_RELEASE_FIELD * 4] if c.isprintable())[
+        :MAX_OS_RELEASE_FIELD
+    ]
+
+
+def _make_private(path: str) -> None:
+    """Create the database (if need be) readable by root alone, before SQLite opens it.
+
+    The registry names every user's distributions, GUIDs and paths. SQLite creates the
+    write-ahead log and its index beside the database with the database's own mode, so
+    they are private only if the database already is when they are made (a chmod after
+    opening leaves a world-readable -wal holding the rows). Files an older service left
+    with wider modes are narrowed too.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path + suffix, 0o600)
+
+
 class Registry:
     """All reads and writes of the database. Not thread-safe: the service's
     event loop is its only user."""
 
     def __init__(self, path: str) -> None:
+        _make_private(path)
         self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -186,6 +226,7 @@ class Registry:
 
     def finish_install(self, guid: str, os_id: str, os_version_id: str) -> None:
         """Installing → Installed; the user's default if they had none. One transaction."""
+        os_id, os_version_id = os_release_field(os_id), os_release_field(os_version_id)
         with self._transaction() as db:
             row = db.execute("SELECT owner_uid FROM distributions WHERE guid = ?", (guid,))
             owner = row.fetchone()["owner_uid"]
@@ -200,6 +241,7 @@ class Registry:
         self._db.execute("UPDATE distributions SET state = ? WHERE guid = ?", (state, guid))
 
     def set_os_release(self, guid: str, os_id: str, os_version_id: str) -> None:
+        os_id, os_version_id = os_release_field(os_id), os_release_field(os_version_id)
         self._db.execute(
             "UPDATE distributions SET os_id = ?, os_version_id = ? WHERE guid = ?",
             (os_id, os_version_id, guid),

@@ -77,6 +77,7 @@ class Instance:
         self.vm_pid = vm_pid
         self.default_uid = distribution.default_uid
         self.leaders: dict[int, GuestLink] = {}
+        self.leader_lock = asyncio.Lock()
         self.relays: set[socket.socket] = set()
         self.idle: asyncio.TimerHandle | None = None
         self.warnings: list[str] = []
@@ -116,7 +117,6 @@ class Runtime:
         self.instances: dict[str, Instance] = {}
         self._lock = asyncio.Lock()
         self._vm_idle: asyncio.TimerHandle | None = None
-        self._notify_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coroutine: Any) -> None:
@@ -185,7 +185,7 @@ class Runtime:
             raise errors.StartFailed(distribution="(utility VM)", reason=str(e)) from None
         log.info("uid %d: utility VM started in %.0f ms", self.session.uid,
                  (time.monotonic() - started) * 1000)  # fmt: skip
-        self._notify_task = asyncio.get_running_loop().create_task(self._watch_notify(self.vm))
+        self._spawn(self._watch_notify(self.vm))  # ends by itself when this VM's channel closes
         return self.vm
 
     async def _watch_notify(self, vm: NamespaceVm) -> None:
@@ -223,9 +223,7 @@ class Runtime:
         if timeout < 0:
             return
         loop = asyncio.get_running_loop()
-        self._vm_idle = loop.call_later(
-            timeout / 1000, lambda: loop.create_task(self._vm_idle_fired())
-        )
+        self._vm_idle = loop.call_later(timeout / 1000, lambda: self._spawn(self._vm_idle_fired()))
 
     async def _vm_idle_fired(self) -> None:
         self._vm_idle = None
@@ -236,10 +234,23 @@ class Runtime:
 
     # Instances -------------------------------------------------------------------
 
+    @staticmethod
+    def _claim(instance: Instance) -> Instance:
+        instance.launching += 1
+        if instance.idle is not None:
+            instance.idle.cancel()
+            instance.idle = None
+        return instance
+
     async def ensure_instance(self, distribution: Distribution) -> Instance:
         """The running instance of *distribution*, started if needed, counted as launching
         (the caller must decrement `launching` when its launch is over)."""
+        running = self.instances.get(distribution.guid)
+        if running is not None and not running.stopping:
+            return self._claim(running)  # the hot path: no lock, no wait behind other starts
         async with self._lock:
+            # Checked again under the lock: an export or unregister may have begun meanwhile.
+            self.session.ensure_unlocked(distribution)
             instance = self.instances.get(distribution.guid)
             if instance is not None and instance.stopping:
                 # A terminate is under way: let that instance end, then start afresh.
@@ -249,11 +260,7 @@ class Runtime:
                     await self._vm_gone(force=True)
                 instance = None
             if instance is not None:
-                instance.launching += 1
-                if instance.idle is not None:
-                    instance.idle.cancel()
-                    instance.idle = None
-                return instance
+                return self._claim(instance)
             vm = await self.ensure_vm()
             if self._vm_idle is not None:
                 self._vm_idle.cancel()
@@ -264,8 +271,7 @@ class Runtime:
                 self._arm_vm_idle()
                 raise
             self.instances[distribution.guid] = instance
-            instance.launching += 1
-            return instance
+            return self._claim(instance)
 
     async def _launch(self, vm: NamespaceVm, distribution: Distribution) -> Instance:
         name = distribution.name
@@ -368,15 +374,21 @@ class Runtime:
         loop.add_reader(lifetime.fileno(), ended)
 
     async def _leader(self, instance: Instance, console_id: int) -> GuestLink:
+        """The session leader of *console_id* in *instance*, created on first use (one at a
+        time: two launches from one console must not make two)."""
+        async with instance.leader_lock:
+            return await self._leader_locked(instance, console_id)
+
+    async def _leader_locked(self, instance: Instance, console_id: int) -> GuestLink:
         leader = instance.leaders.get(console_id)
         if leader is not None and not leader.peer_gone():
             return leader
         if leader is not None:
             # Its session leader was killed (from inside, say): the console gets a new one.
             instance.leaders.pop(console_id).close()
-        if len(instance.leaders) >= MAX_LEADERS:
-            oldest = next(iter(instance.leaders))
-            instance.leaders.pop(oldest).close()  # the leader exits; its relays run on
+        idle = [key for key, link in instance.leaders.items() if not link.busy]
+        if len(instance.leaders) >= MAX_LEADERS and idle:
+            instance.leaders.pop(idle[0]).close()  # the leader exits; its relays run on
         reply, fds = await instance.link.transaction(
             m.InitCreateSession(console_id=console_id), m.InitCreateSessionResponse
         )
@@ -399,7 +411,7 @@ class Runtime:
         distribution = session.resolve(p.get("distribution"))
         session.ensure_unlocked(distribution)
         names = ("control", "console", "stdin", "stdout", "stderr")
-        fds = {name: call.take_fd(name) for name in names}
+        fds = call.take_fds(*names)
         lifetime: socket.socket | None
         lifetime, lifetime_remote = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -414,8 +426,9 @@ class Runtime:
                     parameter="console", reason="needed for every stream not passed as an fd"
                 )
             if not flags and fds["console"] is not None:
-                os.close(fds.pop("console") or -1)
+                os.close(fds["console"])
                 fds["console"] = None
+            self._check_encodable(call, flags)  # before anything starts for nothing
             instance = await self.ensure_instance(distribution)
             try:
                 warnings = await self._launch_process(instance, call, flags, fds, lifetime_remote)
@@ -434,6 +447,33 @@ class Runtime:
                 lifetime.close()
         return {"guid": distribution.guid, "name": distribution.name, "warnings": warnings}
 
+    @staticmethod
+    def _process_message(
+        call: Call, flags: int, default_uid: int, name: str
+    ) -> m.InitCreateProcess:
+        p = call.parameters
+        return m.InitCreateProcess(
+            rows=max(1, min(p["rows"], 0xFFFF)),
+            columns=max(1, min(p["columns"], 0xFFFF)),
+            flags=flags,
+            shell_options=m.InitCreateProcess.SHELL_LOGIN if p["shellType"] == "login" else 0,
+            default_uid=default_uid,
+            filename=p.get("filename"),
+            cwd=p.get("cwd"),
+            username=p.get("username"),
+            command_line=tuple(p["commandLine"]),
+            environment=tuple(p["environment"]),
+            distribution_name=name,
+            host_cwd=p.get("hostCwd"),
+        )
+
+    def _check_encodable(self, call: Call, flags: int) -> None:
+        """Strings the guest framing cannot carry (NUL, lone surrogates) are the caller's error."""
+        try:
+            m.encode(self._process_message(call, flags, 0, ""))
+        except ValueError as e:
+            raise errors.InvalidArgument(parameter="commandLine", reason=str(e)) from None
+
     async def _launch_process(
         self,
         instance: Instance,
@@ -445,24 +485,7 @@ class Runtime:
         """Ask the console's session leader for a relay; the start warnings, on success."""
         p = call.parameters
         distribution = instance.distribution
-        shell_type = p["shellType"]
-        try:
-            message = m.InitCreateProcess(
-                rows=max(1, min(p["rows"], 0xFFFF)),
-                columns=max(1, min(p["columns"], 0xFFFF)),
-                flags=flags,
-                shell_options=m.InitCreateProcess.SHELL_LOGIN if shell_type == "login" else 0,
-                default_uid=instance.default_uid,
-                filename=p.get("filename"),
-                cwd=p.get("cwd"),
-                username=p.get("username"),
-                command_line=tuple(p["commandLine"]),
-                environment=tuple(p["environment"]),
-                distribution_name=distribution.name,
-                host_cwd=p.get("hostCwd"),
-            )
-        except ValueError as e:  # a string that is not UTF-8, or a value out of range
-            raise errors.InvalidArgument(parameter="commandLine", reason=str(e)) from None
+        message = self._process_message(call, flags, instance.default_uid, distribution.name)
         ordered = message.order_fds(
             m.CreateProcessFds(
                 control=fds["control"] or -1,
@@ -489,8 +512,16 @@ class Runtime:
 
     async def terminate(self, guid: str, force: bool, holding_lock: bool = False) -> None:
         """Stop one distribution: ask its init, then make sure (by stopping the VM, under
-        the lock, which a caller such as `shutdown` may already hold)."""
-        instance = self.instances.get(guid)
+        the lock, which a caller such as `shutdown` may already hold).
+
+        A start under way (it holds the lock) is waited for, then stopped: a caller that
+        locked the distribution first (export, unregister) is then sure it is down.
+        """
+        if holding_lock:
+            instance = self.instances.get(guid)
+        else:
+            async with self._lock:
+                instance = self.instances.get(guid)
         if instance is None:
             return
         instance.stopping = True

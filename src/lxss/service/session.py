@@ -10,6 +10,7 @@ Uninstalling) so nothing else can start or change it meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pwd
@@ -124,15 +125,7 @@ class UserSession:
     def _prepare_location(self, guid: str, location_fd: int | None) -> tuple[str, bool]:
         """The base path for a new distribution and whether the service manages it."""
         if location_fd is None:
-            storage = self.settings.storage_dir(self.uid)
-            os.makedirs(self.settings.state_dir, 0o755, exist_ok=True)
-            if not os.path.isdir(storage):
-                os.mkdir(storage, 0o700)
-                os.chown(storage, self.owner.uid, self.owner.gid)
-            base = os.path.join(storage, guid)
-            os.mkdir(base, 0o755)
-            os.chown(base, self.owner.uid, self.owner.gid)
-            return base, True
+            return self._make_managed_base(guid), True
         st = os.fstat(location_fd)
         if not stat.S_ISDIR(st.st_mode):
             raise errors.InvalidArgument(parameter="location", reason="not a directory")
@@ -143,6 +136,30 @@ class UserSession:
         if in_use is not None:
             raise errors.InstallLocationInUse(path=base)
         return base, False
+
+    def _make_managed_base(self, guid: str) -> str:
+        """Create state_dir/<uid>/<guid>, the user's own, for a distribution without a location.
+
+        The per-user directory belongs to root (0711): its owner may pass through it to
+        their distributions but can neither list nor change it, so nothing can be swapped
+        in between our mkdir and chown (which, besides, act through a directory fd and
+        never follow a symlink).
+        """
+        storage = self.settings.storage_dir(self.uid)
+        os.makedirs(self.settings.state_dir, 0o755, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(storage, 0o711)
+        storage_fd = os.open(storage, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(storage_fd)
+            if st.st_uid != 0 or stat.S_IMODE(st.st_mode) != 0o711:
+                os.fchown(storage_fd, 0, 0)  # from before this layout: the user owned it
+                os.fchmod(storage_fd, 0o711)
+            os.mkdir(guid, 0o700, dir_fd=storage_fd)
+            os.chown(guid, self.owner.uid, self.owner.gid, dir_fd=storage_fd, follow_symlinks=False)
+        finally:
+            os.close(storage_fd)
+        return os.path.join(storage, guid)
 
     async def register(
         self,
@@ -164,7 +181,12 @@ class UserSession:
             guid = registry.new_guid()
             base, managed = self._prepare_location(guid, location_fd)
             record = registry.new_distribution(name, self.uid, base, managed, version, guid)
-            self.registry.begin_install(record)
+            try:
+                self.registry.begin_install(record)
+            except registry.NameTaken:
+                if managed:
+                    os.rmdir(base)
+                raise errors.DistroNameAlreadyExists(name=name) from None
             self.locked[guid] = registry.INSTALLING
         try:
             jail = self.jail()
@@ -192,11 +214,29 @@ class UserSession:
         """Undo a failed registration: its files, then its row. A failure to remove the
         files leaves the row Installing, so the next start of the service retries."""
         try:
-            await archives.remove_tree(self.jail(), record.base_path, record.managed_base)
+            await self._remove_files(record)
         except Exception as e:
             log.error("uid %d: cannot clean up %s: %s", self.uid, record.base_path, e)
             return
         self.registry.remove(record.guid)
+
+    async def _remove_files(self, distribution: Distribution) -> None:
+        """Delete a distribution's tree (with the owner's rights, in the archive worker),
+        then, if the service made it, its now empty base directory."""
+        await archives.remove_tree(self.jail(), distribution.base_path, False)
+        if distribution.managed_base:
+            # In root's per-user directory: ours to remove (rmdir never follows a link).
+            storage, name = os.path.split(distribution.base_path)
+            try:
+                storage_fd = os.open(storage, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
+            try:
+                os.rmdir(name, dir_fd=storage_fd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(storage_fd)
 
     def check_version(self, version: int) -> None:
         if version not in (1, 2):
@@ -220,10 +260,8 @@ class UserSession:
             await self._stop_instance(distribution)
             self.registry.set_state(distribution.guid, registry.UNINSTALLING)
             try:
-                await archives.remove_tree(
-                    self.jail(), distribution.base_path, distribution.managed_base
-                )
-            except archives.WorkerFailed as e:
+                await self._remove_files(distribution)
+            except (archives.WorkerFailed, OSError) as e:
                 self.registry.set_state(distribution.guid, registry.INSTALLED)
                 raise errors.InternalError(reason=f"cannot remove its files: {e}") from None
             self.registry.remove(distribution.guid)

@@ -55,6 +55,11 @@ class GuestLink:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def busy(self) -> bool:
+        """A transaction is under way on this link."""
+        return self._lock.locked()
+
     def peer_gone(self) -> bool:
         """True if the peer has closed its end (checked without waiting or consuming)."""
         if self.closed:

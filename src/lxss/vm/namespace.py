@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 
 from lxss.linux.subids import Mapping
@@ -29,6 +30,12 @@ from lxss.vm.spec import VmSpec
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
+
+
+async def _off_loop(operation: Callable[[], None]) -> None:
+    """Run a cgroup operation in a thread: killing and removing a cgroup waits (for the
+    kernel to reap) up to seconds, which the service's event loop must not."""
+    await asyncio.get_running_loop().run_in_executor(None, operation)
 
 
 class VmStartError(Exception):
@@ -102,12 +109,12 @@ class NamespaceVm:
         self.control.close()  # mini_init returns when its channel closes: pid 1 ends, all end
         self.notify.close()
         if force or not await self.wait(STOP_TIMEOUT):
-            self.group.kill()
+            await _off_loop(self.group.kill)
             await self.wait(STOP_TIMEOUT)
         with contextlib.suppress(OSError):
             asyncio.get_running_loop().remove_reader(self._console_fd)
             os.close(self._console_fd)
-        self.group.destroy()
+        await _off_loop(self.group.destroy)
         with contextlib.suppress(OSError):
             os.rmdir(self.scratch)
 
@@ -126,7 +133,7 @@ class NamespaceBackend:
     async def start(self, spec: VmSpec, mapping: Mapping) -> NamespaceVm:
         uid = spec.owner_uid
         group = Cgroup(self.layout, f"{self.cgroup_root}/user-{uid}")
-        group.destroy()  # a VM of this user that a crashed service left behind
+        await _off_loop(group.destroy)  # a VM of this user that a crashed service left behind
         group.create(Limits(spec.memory_bytes, spec.pids_limit, spec.processors))
         scratch = self.scratch_dir(uid)
         os.makedirs(os.path.dirname(scratch), 0o755, exist_ok=True)
@@ -155,7 +162,7 @@ class NamespaceBackend:
             for closable in (control, notify, control_child, notify_child):
                 closable.close()
             os.close(console_r)
-            group.destroy()
+            await _off_loop(group.destroy)
             raise
         finally:
             os.close(console_w)
@@ -171,7 +178,7 @@ class NamespaceBackend:
             control.close()
             notify.close()
             os.close(console_r)
-            group.destroy()
+            await _off_loop(group.destroy)
             raise
         vm = NamespaceVm(
             spec,
