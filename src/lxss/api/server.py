@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lxss.aio import FdWatch
 from lxss.api import errors, wire
 from lxss.api.interface import Interface, check_struct, parse_interface
 
@@ -105,6 +106,7 @@ class Connection:
         self.server = server
         self.sock = sock
         self.peer = peer
+        self._watch = FdWatch(sock.fileno())
         self._buffer = wire.MessageBuffer()
         self._close_callbacks: list[Callable[[], None]] = []
         self.closed = False
@@ -152,7 +154,7 @@ class Connection:
                 )
                 break
             except BlockingIOError:
-                await asyncio.wait_for(_readable(loop, self.sock), timeout)
+                await self._watch.wait(False, timeout)
         fds = wire.fds_from_ancillary(ancdata, socket.SOL_SOCKET, socket.SCM_RIGHTS)
         if not data:
             for fd in fds:
@@ -196,6 +198,7 @@ class Connection:
         self.closed = True
         self._buffer.close()
         self.server.forget(self)
+        self._watch.close()
         self.sock.close()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
@@ -203,19 +206,6 @@ class Connection:
                 callback()
             except Exception:
                 log.exception("connection close callback failed")
-
-
-def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> asyncio.Future[None]:
-    future: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-
-    def ready() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    loop.add_reader(fd, ready)
-    future.add_done_callback(lambda _: loop.remove_reader(fd))
-    return future
 
 
 def peer_credentials(sock: socket.socket) -> Peer:

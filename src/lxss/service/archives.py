@@ -17,10 +17,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
+from lxss.aio import wait_readable
 from lxss.archive import busybox
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import python_argv, spawn_mapped
-from lxss.vm.aio import wait_readable
 from lxss.vm.cgroup import Cgroup, Limits
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from lxss import __version__
 from lxss.api import errors
@@ -19,13 +20,16 @@ from lxss.service.registry import Registry
 from lxss.service.session import Owner, UserSession
 from lxss.service.settings import Settings
 
+if TYPE_CHECKING:
+    from lxss.service.runtime import Runtime
+
 
 class ServiceHandler:
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
         self.sessions: dict[int, UserSession] = {}
-        self.runtime_factory: Any = None  # callable(session) -> runtime, set by main
+        self.runtime_factory: Callable[[UserSession], Runtime] | None = None  # set by main
 
     def session_for(self, uid: int) -> UserSession:
         """The one UserSession of *uid* (created on first use, kept for the service's life)."""

@@ -21,6 +21,7 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from lxss.api import errors
@@ -32,8 +33,9 @@ from lxss.protocol.framing import ProtocolError
 from lxss.service.registry import Distribution
 from lxss.service.settings import Settings
 from lxss.vm import cgroup
+from lxss.vm.backend import Vm, VmBackend
 from lxss.vm.link import GuestLink
-from lxss.vm.namespace import NamespaceBackend, NamespaceVm, VmStartError
+from lxss.vm.namespace import NamespaceBackend, VmStartError
 from lxss.vm.spec import VmSpec
 
 TYPE_CHECKING = False
@@ -68,9 +70,7 @@ def _read_owned_file(path: str, uid: int) -> str | None:
 class Instance:
     """One running distribution."""
 
-    def __init__(
-        self, distribution: Distribution, vm: NamespaceVm, link: GuestLink, vm_pid: int
-    ) -> None:
+    def __init__(self, distribution: Distribution, vm: Vm, link: GuestLink, vm_pid: int) -> None:
         self.distribution = distribution
         self.vm = vm  # pids are per VM: a ChildExit from another VM is not about us
         self.link = link
@@ -108,18 +108,18 @@ class Instance:
 
 
 class Runtime:
-    def __init__(self, session: UserSession, settings: Settings, backend: NamespaceBackend) -> None:
+    def __init__(self, session: UserSession, settings: Settings, backend: VmBackend) -> None:
         self.session = session
         self.settings = settings
         self.backend = backend
-        self.vm: NamespaceVm | None = None
+        self.vm: Vm | None = None
         self.config: LxssConfig | None = None
         self.instances: dict[str, Instance] = {}
         self._lock = asyncio.Lock()
         self._vm_idle: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run *coroutine* in the background, keeping the task alive until it ends."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
@@ -162,7 +162,7 @@ class Runtime:
 
     # The VM ----------------------------------------------------------------------
 
-    async def ensure_vm(self) -> NamespaceVm:
+    async def ensure_vm(self) -> Vm:
         if self.vm is not None and self.vm.running():
             return self.vm
         if self.vm is not None:
@@ -188,7 +188,7 @@ class Runtime:
         self._spawn(self._watch_notify(self.vm))  # ends by itself when this VM's channel closes
         return self.vm
 
-    async def _watch_notify(self, vm: NamespaceVm) -> None:
+    async def _watch_notify(self, vm: Vm) -> None:
         """mini_init's notifications: a distribution's init exited (or the VM did)."""
         try:
             while True:
@@ -273,7 +273,7 @@ class Runtime:
             self.instances[distribution.guid] = instance
             return self._claim(instance)
 
-    async def _launch(self, vm: NamespaceVm, distribution: Distribution) -> Instance:
+    async def _launch(self, vm: Vm, distribution: Distribution) -> Instance:
         name = distribution.name
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         link = GuestLink(ours, f"init:{name}")
@@ -563,7 +563,7 @@ def _host_timezone() -> str:
     return target.split(marker, 1)[1] if marker in target else ""
 
 
-def runtime_factory(settings: Settings) -> Any:
+def runtime_factory(settings: Settings) -> Callable[[UserSession], Runtime]:
     layout = cgroup.Layout.detect()
     backend = NamespaceBackend(layout, settings.cgroup_name, settings.runtime_dir)
 

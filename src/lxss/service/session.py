@@ -16,7 +16,7 @@ import os
 import pwd
 import stat
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lxss.api import errors
 from lxss.archive.formats import EXPORT_FORMATS
@@ -25,6 +25,9 @@ from lxss.service import archives, registry
 from lxss.service.registry import Distribution, Registry
 from lxss.service.settings import Settings
 from lxss.vm.cgroup import Cgroup, Layout
+
+if TYPE_CHECKING:
+    from lxss.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class UserSession:
         self._mapping: Mapping | None = None
         self._workers = 0
         self._lock = asyncio.Lock()
-        self.runtime: Any = None  # set by the service: the VM and instances (runtime.Runtime)
+        self.runtime: Runtime | None = None  # set by the service: the VM and instances
 
     def __repr__(self) -> str:
         return f"<UserSession uid={self.uid} locked={self.locked}>"

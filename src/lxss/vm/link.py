@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TypeVar
 
+from lxss.aio import FdWatch
 from lxss.api.wire import fds_from_ancillary, fds_to_bytes
 from lxss.protocol.channel import ChannelClosed, ChannelState, accept_frame
 from lxss.protocol.codec import TYPE_NAMES, Message, encode
@@ -46,7 +47,7 @@ class GuestLink:
         self._assembler = FrameAssembler(TYPE_NAMES)
         self._frames: deque[Frame] = deque()
         self._lock = asyncio.Lock()
-        self._waits: set[asyncio.Future[None]] = set()
+        self._watch = FdWatch(sock.fileno(), ChannelClosed)
         self.closed = False
 
     def __repr__(self) -> str:
@@ -79,43 +80,11 @@ class GuestLink:
         # would, when its number is reused (the next VM's channel), swallow the new
         # socket's registration (asyncio relabels the stale key; epoll never sees the new
         # socket) or remove it when the old wait times out.
-        if self._waits:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self.sock.fileno())
-            loop.remove_writer(self.sock.fileno())
-            for future in self._waits:
-                if not future.done():
-                    future.set_exception(ChannelClosed(f"channel {self.name} was closed"))
-            self._waits.clear()
+        self._watch.close()  # before the socket: its fd number may be reused at once
         while self._frames:
             close_fds(self._frames.popleft().fds)
         self._assembler.close()
         self.sock.close()
-
-    async def _wait(self, writing: bool, timeout: float) -> None:
-        """Until our socket is readable (or writable); TimeoutError, or ChannelClosed if
-        the link is closed meanwhile."""
-        loop = asyncio.get_running_loop()
-        fd = self.sock.fileno()
-        future: asyncio.Future[None] = loop.create_future()
-
-        def ready() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        add, remove = (
-            (loop.add_writer, loop.remove_writer)
-            if writing
-            else (loop.add_reader, loop.remove_reader)
-        )
-        add(fd, ready)
-        self._waits.add(future)
-        try:
-            await asyncio.wait_for(future, timeout)
-        finally:
-            if future in self._waits:  # else close() has unregistered it already
-                self._waits.discard(future)
-                remove(fd)
 
     # Sending ---------------------------------------------------------------------
 
@@ -129,7 +98,7 @@ class GuestLink:
                 try:
                     sent = self.sock.sendmsg([view], ancillary)
                 except BlockingIOError:
-                    await self._wait(writing=True, timeout=self.timeout)
+                    await self._watch.wait(writing=True, timeout=self.timeout)
                     continue
                 ancillary = []  # the fds went with the first byte
                 view = view[sent:]
@@ -196,7 +165,7 @@ class GuestLink:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"channel {self.name}: no answer in time") from None
-                await self._wait(writing=False, timeout=remaining)
+                await self._watch.wait(writing=False, timeout=remaining)
                 continue
             except ConnectionResetError:
                 data, ancillary, flags = b"", [], 0

@@ -19,10 +19,10 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 
+from lxss.aio import wait_exited, wait_readable
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import python_argv, spawn_mapped
 from lxss.protocol import messages as m
-from lxss.vm.aio import wait_readable
 from lxss.vm.cgroup import Cgroup, Layout, Limits
 from lxss.vm.link import GuestLink
 from lxss.vm.spec import VmSpec
@@ -94,13 +94,8 @@ class NamespaceVm:
         """True once the VM's boot process has exited (and been reaped)."""
         if self.process.poll() is not None:
             return True
-        pidfd = os.pidfd_open(self.process.pid)
-        try:
-            await wait_readable(pidfd, timeout)
-        except TimeoutError:
+        if not await wait_exited(self.process.pid, timeout):
             return False
-        finally:
-            os.close(pidfd)
         self.process.wait()
         return True
 

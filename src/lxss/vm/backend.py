@@ -1,0 +1,34 @@
+"""What the service needs of a utility VM, whatever runs it.
+
+Version 1 is a namespace VM (lxss.vm.namespace); a QEMU backend for version 2 will
+implement the same two protocols, so the service never asks which one it has.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from lxss.linux.subids import Mapping
+from lxss.vm.link import GuestLink
+from lxss.vm.spec import VmSpec
+
+
+class Vm(Protocol):
+    """A running utility VM; its owner must `stop` it."""
+
+    spec: VmSpec
+    control: GuestLink  # mini_init's channel
+    notify: GuestLink  # mini_init's notifications (ChildExit)
+
+    def running(self) -> bool: ...
+
+    async def stop(self, force: bool) -> None: ...
+
+
+class VmBackend(Protocol):
+    version: int
+
+    async def start(self, spec: VmSpec, mapping: Mapping) -> Vm:
+        """Boot a VM for *spec* as the owner *mapping* describes; raises on failure,
+        leaving nothing behind."""
+        ...
