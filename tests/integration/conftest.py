@@ -16,7 +16,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,22 +24,17 @@ from pathlib import Path
 
 import pytest
 
+from lxss.bootstrap import bootstrap_argv
+
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
 TEST_USERS = ("lxsstest-a", "lxsstest-b")
 CACHE = Path("/var/cache/lxss-test")
 
 
-def _bootstrap(module: str) -> list[str]:
-    code = (
-        f"import sys;sys.path.insert(0,{str(SRC)!r});"
-        f"from {module} import main;sys.exit(main(sys.argv[1:]))"
-    )
-    return [sys.executable, "-I", "-S", "-c", code]
-
-
-LXSS = _bootstrap("lxss.cli.main")
-LXSSD = _bootstrap("lxss.service.main")
+# The real commands, started as the lean launchers start them (-I -S, this checkout's src).
+LXSS = bootstrap_argv("lxss.cli.main")
+LXSSD = bootstrap_argv("lxss.service.main")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -193,7 +187,7 @@ class Service:
             return  # nothing to shut down; lxss run as root would start a service of its own
         self.lxss("--shutdown", timeout=60)
         for user in sorted(self.users_seen):
-            self.lxss("--shutdown", "--for-user", user, timeout=60)
+            self.lxss("--for-user", user, "--shutdown", timeout=60)
 
 
 # Host state --------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import tarfile
 import pytest
 
 from lxss.archive import formats
-from lxss.archive.unpack import member_path, parse_os_release
+from lxss.archive.unpack import member_path
+from lxss.config.osrelease import parse_os_release
 
 
 def tar_of(fmt: int) -> bytes:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lxss.config.syntax import (
-    MAX_CONFIG_CHARS,
+    MAX_CONFIG_BYTES,
     ConfigWarning,
     Key,
     Schema,
@@ -28,8 +28,8 @@ from lxss.config.syntax import (
     parse_int,
     parse_memory_size,
     read_config_text,
-    show,
 )
+from lxss.text import one_line
 
 FILE = "/etc/wsl.conf"
 SYSTEMD = Key("boot.systemd", ValueType.BOOL, False)
@@ -340,10 +340,10 @@ def test_warning_str() -> None:
     assert str(ConfigWarning("f", None, "Whole file")) == "Whole file"
 
 
-def test_show() -> None:
-    assert show("plain text") == "plain text"
-    assert show("a\tb\rc\bd\x00\udc80") == "a\\tb\\rc\\x08d\\x00\\udc80"
-    assert show("\U000e0001") == "\\U000e0001"
+def test_one_line_escapes_what_a_terminal_would_act_on() -> None:
+    assert one_line("plain text, ünïcode") == "plain text, ünïcode"
+    assert one_line("a\tb\rc\bd\x00\udc80") == "a\\tb\\rc\\x08d\\x00\\udc80"
+    assert one_line("\U000e0001\x1b[2J\u202e") == "\\U000e0001\\x1b[2J\\u202e"
 
 
 # -- conversions -------------------------------------------------------------------------------
@@ -564,7 +564,7 @@ def test_read_device_warns() -> None:
 
 def test_read_huge_file_warns(tmp_path: Path) -> None:
     path = tmp_path / "big"
-    path.write_text("#" * (MAX_CONFIG_CHARS + 1))
+    path.write_text("#" * (MAX_CONFIG_BYTES + 1))
     text, warnings = read_config_text(str(path))
     assert text is None
     assert "larger than" in str(warnings[0])
@@ -572,10 +572,10 @@ def test_read_huge_file_warns(tmp_path: Path) -> None:
 
 def test_read_file_of_exactly_the_limit(tmp_path: Path) -> None:
     path = tmp_path / "big"
-    path.write_text("#" * MAX_CONFIG_CHARS)
+    path.write_text("#" * MAX_CONFIG_BYTES)
     text, warnings = read_config_text(str(path))
     assert warnings == []
-    assert text is not None and len(text) == MAX_CONFIG_CHARS
+    assert text is not None and len(text) == MAX_CONFIG_BYTES
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")

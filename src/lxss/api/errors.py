@@ -7,16 +7,14 @@ Named after WSL's errors where WSL has one (WSL_E_DISTRO_NOT_FOUND ...).
 
 from __future__ import annotations
 
+from lxss.errors import LxssError as LxssError
+
 # typing costs ~10 ms to import: the client imports it only for type checkers.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, ClassVar
 
 INTERFACE = "io.lxss.Service"
-
-
-class LxssError(Exception):
-    """Root of lxss's own errors."""
 
 
 class VarlinkError(LxssError):

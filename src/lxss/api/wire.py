@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import _json
 import os
-import sys
+
+from lxss.linux.fdpass import fds_from_ancillary as fds_from_ancillary
+from lxss.linux.fdpass import fds_to_bytes as fds_to_bytes
 
 # typing costs ~10 ms to import: the client imports it only for type checkers.
 TYPE_CHECKING = False
@@ -24,8 +26,6 @@ MAX_MESSAGE: Final = 1 << 20
 """Longest message accepted, in bytes (a hostile peer cannot make us buffer more)."""
 MAX_FDS: Final = 16
 """Most descriptors accepted with one message."""
-
-_FD_SIZE: Final = 4
 
 
 class WireError(ValueError):
@@ -76,23 +76,6 @@ def loads(frame: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise WireError("a Varlink message must be a JSON object")
     return value
-
-
-def fds_to_bytes(fds: list[int] | tuple[int, ...]) -> bytes:
-    return b"".join(fd.to_bytes(_FD_SIZE, sys.byteorder) for fd in fds)
-
-
-def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]], level: int, kind: int) -> list[int]:
-    """Every fd in *ancdata*; the caller owns (and must close) them all."""
-    fds: list[int] = []
-    for cmsg_level, cmsg_type, data in ancdata:
-        if cmsg_level == level and cmsg_type == kind:
-            usable = len(data) - len(data) % _FD_SIZE
-            fds.extend(
-                int.from_bytes(data[i : i + _FD_SIZE], sys.byteorder)
-                for i in range(0, usable, _FD_SIZE)
-            )
-    return fds
 
 
 class MessageBuffer:

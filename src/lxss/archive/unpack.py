@@ -16,15 +16,20 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Final
+from typing import IO, Final, Self
+
+from lxss.config.osrelease import parse_os_release
+from lxss.errors import LxssError
+from lxss.linux.files import read_regular_file
 
 XATTR_PREFIX: Final = "SCHILY.xattr."
 # Space kept free on the target file system, so a hostile archive cannot fill it.
 SPACE_RESERVE: Final = 64 << 20
 COPY_CHUNK: Final = 1 << 20
+OS_RELEASE_LIMIT: Final = 1 << 16  # os-release is a few hundred bytes
 
 
-class UnpackError(Exception):
+class UnpackError(LxssError):
     """The archive cannot be unpacked; the message says why, for the user."""
 
 
@@ -90,6 +95,38 @@ def _ensure_parent(path: str) -> None:
         os.makedirs(parent, 0o755, exist_ok=True)
 
 
+class _Member(tarfile.TarInfo):
+    """A TarInfo that tells the unpacker why tarfile stopped reading headers.
+
+    After the first member, tarfile.next() takes any header it cannot read for the end
+    of the archive: a corrupt header, or an archive cut short at a member's boundary,
+    would import whatever came before as if that were all (GNU tar fails on the first;
+    both are what a damaged download looks like). The real end is a zero block.
+    """
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.HeaderError as e:
+            archive.lxss_stopped_by = e  # type: ignore[attr-defined]
+            raise
+
+
+def _check_end(archive: tarfile.TarFile) -> None:
+    """Refuse an archive whose members ended at anything but the end-of-archive blocks.
+
+    tarfile's header errors are not in typeshed: they are told apart by name (EOFHeaderError
+    is the zero block that ends an archive).
+    """
+    stopped_by = getattr(archive, "lxss_stopped_by", None)
+    kind = type(stopped_by).__name__
+    if kind == "InvalidHeaderError":
+        raise UnpackError(f"the archive has a corrupt header ({stopped_by})")
+    if kind in ("EmptyHeaderError", "TruncatedHeaderError"):
+        raise UnpackError("the archive is truncated (it ends without the end-of-archive blocks)")
+
+
 class Unpacker:
     """Extracts members one by one into the current directory ("/" in the worker)."""
 
@@ -101,9 +138,12 @@ class Unpacker:
 
     def run(self) -> UnpackReport:
         try:
-            with tarfile.open(fileobj=self._stream, mode="r|", errorlevel=2) as archive:
+            with tarfile.open(
+                fileobj=self._stream, mode="r|", errorlevel=2, tarinfo=_Member
+            ) as archive:
                 for member in self._members(archive):
                     self._extract(archive, member)
+                _check_end(archive)
         except tarfile.ReadError as e:
             raise UnpackError(f"the archive is not a valid tar stream ({e})") from None
         except EOFError as e:
@@ -212,7 +252,7 @@ class Unpacker:
                         continue
                     if offset < position:
                         raise UnpackError(f"'{member.name}' has an unordered sparse map")
-                    self._skip(source, offset - position)
+                    self._copy(source, None, offset - position)
                     os.lseek(fd, offset, os.SEEK_SET)
                     self._copy(source, fd, size)
                     position = offset + size
@@ -224,26 +264,20 @@ class Unpacker:
         self.report.bytes += member.size
 
     @staticmethod
-    def _skip(source: IO[bytes], size: int) -> None:
+    def _copy(source: IO[bytes], fd: int | None, size: int) -> None:
+        """Read *size* bytes of *source* and write them to *fd*, or discard them if None."""
         remaining = size
         while remaining:
             chunk = source.read(min(COPY_CHUNK, remaining))
             if not chunk:
                 raise UnpackError("the archive is truncated (a file ends early)")
             remaining -= len(chunk)
-
-    @staticmethod
-    def _copy(source: IO[bytes], fd: int, size: int) -> None:
-        remaining = size
-        while remaining:
-            chunk = source.read(min(COPY_CHUNK, remaining))
-            if not chunk:
-                raise UnpackError("the archive is truncated (a file ends early)")
+            if fd is None:
+                continue
             view = memoryview(chunk)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            remaining -= len(chunk)
 
     def _apply_metadata(self, path: str, member: tarfile.TarInfo) -> None:
         try:
@@ -274,29 +308,16 @@ class Unpacker:
 
 
 def read_os_release() -> dict[str, str]:
-    """ID and VERSION_ID (and friends) of the tree at "/", as os-release(5) defines them."""
+    """ID and VERSION_ID (and friends) of the tree at "/", as os-release(5) defines them.
+
+    {} when neither file is a readable regular file: the archive chose what sits there,
+    and a FIFO must not hang the worker (nor a device or a huge file feed it forever).
+    """
     for candidate in ("etc/os-release", "usr/lib/os-release"):
-        try:
-            with open(candidate, encoding="utf-8", errors="replace") as f:
-                text = f.read(1 << 16)
-        except OSError:
-            continue
-        return parse_os_release(text)
+        text = read_regular_file(candidate, OS_RELEASE_LIMIT)
+        if text is not None:
+            return parse_os_release(text)
     return {}
-
-
-def parse_os_release(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
 
 
 def looks_like_linux() -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lxss.errors import LxssError
 
-class CommandError(Exception):
+
+class CommandError(LxssError):
     """Something the lxss command itself could not do; the message says what and why."""

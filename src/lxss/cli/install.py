@@ -26,7 +26,7 @@ def install(request: Management, for_uid: int | None) -> int:
         commands.register(
             client,
             name,
-            commands._version(options.get("--version")),
+            commands.parse_version(options.get("--version")),
             str(location) if isinstance(location, str) else None,
             builtin=source,
             for_uid=for_uid,
@@ -42,7 +42,8 @@ def install(request: Management, for_uid: int | None) -> int:
     return launch(shell, for_uid)
 
 
-def manage(request: Management, for_uid: int | None) -> int:
+def manage_distribution(request: Management, for_uid: int | None) -> int:
+    """--manage NAME --set-default-user USER: the uid is asked of the distribution itself."""
     user = request.options.get("--set-default-user")
     if not isinstance(user, str):
         raise CommandError("--manage needs one of: --set-default-user USER")

@@ -26,9 +26,11 @@ import termios
 import time
 
 from lxss.cli.errors import CommandError
+from lxss.cli.manage import warn
 from lxss.cli.parse import Launch
 from lxss.cli.service import connect, lxss_argv
 from lxss.protocol import control
+from lxss.text import one_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -294,16 +296,14 @@ def launch(request: Launch, for_uid: int | None) -> int:
         control_remote.close()
         if console_remote is not None:
             console_remote.close()
-        if os.environ.get("LXSS_DISABLE_WARNINGS") != "1":
-            for line in reply.get("warnings", []):
-                sys.stderr.write(f"lxss: warning: {line}\n")
+        warn(reply.get("warnings", []))
         wanted = FORWARDED_SIGNALS + ((_signal.SIGWINCH,) if console else ())
         signals = _Signals(wanted)
         if ttys[0]:
             terminal = _Terminal(0)
         return _Session(ttys, control_sock, console_sock).run(signals)
     except LaunchError as e:
-        sys.stderr.write(f"lxss: {e}\n")
+        sys.stderr.write(f"lxss: {one_line(str(e))}\n")
         return FAILURE
     finally:
         if terminal is not None:

@@ -51,7 +51,7 @@ Manage distributions:
 
 
 def fail(message: str) -> int:
-    from lxss.cli.messages import one_line  # only failures pay for it
+    from lxss.text import one_line  # only failures pay for it
 
     sys.stderr.write(f"lxss: {one_line(message)}\n")
     return FAILURE
@@ -68,6 +68,18 @@ def _uid_of(user: str | None) -> int | None:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
         raise UsageError(f"--for-user: there is no user '{user}'") from None
+
+
+def _describe_os_error(error: OSError) -> str:
+    """One line for an OSError lxss did not expect: the file it concerns, when it has one
+    (``/srv/x: Permission denied``), else its message and class."""
+    reason = error.strerror or str(error)
+    if error.filename is None:
+        return f"{reason} ({type(error).__name__})"
+    names = str(error.filename)
+    if error.filename2 is not None:
+        names += f" -> {error.filename2}"
+    return f"{names}: {reason}"
 
 
 def _dispatch(request: Launch | Management, for_uid: int | None) -> int:
@@ -88,9 +100,9 @@ def _dispatch(request: Launch | Management, for_uid: int | None) -> int:
 
         return install(request, for_uid)
     if request.action == "manage":
-        from lxss.cli.install import manage
+        from lxss.cli.install import manage_distribution
 
-        return manage(request, for_uid)
+        return manage_distribution(request, for_uid)
     from lxss.cli import manage as commands
 
     with connect() as client:
@@ -99,9 +111,10 @@ def _dispatch(request: Launch | Management, for_uid: int | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    debug = False  # until parsed: "--debug" may be a word of the user's own command
     try:
         parsed = parse(args)
+        debug = parsed.debug
         return _dispatch(parsed.request, _uid_of(parsed.for_user))
     except UsageError as e:
         return fail(f"{e} (see: lxss --help)")
@@ -121,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, CommandError | ServiceUnavailable):
             return fail(str(e))
         if isinstance(e, OSError):
-            return fail(f"{e.strerror or e} ({type(e).__name__})")
+            return fail(_describe_os_error(e))
         return fail(f"unexpected {type(e).__name__}: {e} (run with --debug for details)")
     finally:
         try:

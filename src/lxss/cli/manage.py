@@ -28,15 +28,19 @@ def out(text: str) -> None:
 
 
 def warn(lines: list[str]) -> None:
+    """Print the service's or a distribution's warnings, one escaped line each (they may
+    come from a distribution's files); LXSS_DISABLE_WARNINGS=1 silences them, as
+    WSL_DISABLE_WARNINGS does wsl.exe's."""
     if os.environ.get("LXSS_DISABLE_WARNINGS") == "1":
         return
-    from lxss.cli.messages import one_line
+    from lxss.text import one_line
 
     for line in lines:
         sys.stderr.write(f"lxss: warning: {one_line(line)}\n")
 
 
-def _version(value: str | bool | None) -> int | None:
+def parse_version(value: str | bool | None) -> int | None:
+    """A --version value: 1, 2, or None when not given; CommandError for anything else."""
     if value is None:
         return None
     if value not in ("1", "2"):
@@ -253,7 +257,7 @@ def run(client: Client, request: Management, for_uid: int | None) -> int:
         return status(client, for_uid)
     if action == "import":
         name, location, archive = args
-        register(client, name, _version(options.get("--version")), location, archive=archive,
+        register(client, name, parse_version(options.get("--version")), location, archive=archive,
                  for_uid=for_uid)  # fmt: skip
         out(f"Imported '{name}'.")
     elif action == "export":
@@ -266,7 +270,7 @@ def run(client: Client, request: Management, for_uid: int | None) -> int:
         client.call("SetDefaultDistribution", {"distribution": args[0], "forUid": for_uid})
         out(f"'{args[0]}' is now the default distribution.")
     elif action == "set-default-version":
-        version = _version(args[0])
+        version = parse_version(args[0])
         client.call("SetDefaultVersion", {"version": version, "forUid": for_uid})
         out(f"New distributions will use version {version}.")
     elif action == "terminate":

@@ -40,13 +40,8 @@ _TEXT = {
 }
 
 
-def one_line(text: str) -> str:
-    """*text* with its control characters escaped: a name or path from a user or an
-    archive must neither break lxss's one-line messages nor drive the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def describe(error: VarlinkError) -> str:
+    """The one line for *error* (not yet escaped: lxss.cli.main.fail escapes what it prints)."""
     template = _TEXT.get(error.short_name)
     if template is None:
         return f"lxssd answered {error.name} {error.parameters}"

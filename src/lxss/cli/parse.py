@@ -9,12 +9,14 @@ than the whole client may spend on start-up.
 
 from __future__ import annotations
 
+from lxss.errors import LxssError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-class UsageError(Exception):
+class UsageError(LxssError):
     """The command line is wrong; the message says how."""
 
 

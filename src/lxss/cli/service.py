@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 import time
 
 from lxss.api.client import Client, socket_path
+from lxss.bootstrap import bootstrap_argv
+from lxss.errors import LxssError
 
 START_TIMEOUT = 15.0
 
 
-class ServiceUnavailable(Exception):
-    pass
-
-
-def _src_dir() -> str:
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _bootstrap(module: str) -> list[str]:
-    """argv that runs `module.main()` on this interpreter, without site-packages."""
-    code = (
-        f"import sys;sys.path.insert(0,{_src_dir()!r});"
-        f"from {module} import main;sys.exit(main(sys.argv[1:]))"
-    )
-    return [sys.executable, "-I", "-S", "-c", code]
+class ServiceUnavailable(LxssError):
+    """lxssd cannot be reached (or started); the message says why and what to do."""
 
 
 def lxss_argv() -> list[str]:
     """argv that runs this lxss command again."""
-    return _bootstrap("lxss.cli.main")
+    return bootstrap_argv("lxss.cli.main")
 
 
 def _start_service() -> None:
@@ -41,7 +29,7 @@ def _start_service() -> None:
     os.makedirs(runtime_dir, 0o755, exist_ok=True)
     log_file = os.path.join(runtime_dir, "lxssd.log")
     subprocess.Popen(
-        [*_bootstrap("lxss.service.main"), "--log-file", log_file],
+        bootstrap_argv("lxss.service.main", "--log-file", log_file),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -27,18 +27,18 @@ more: everything it needs is imported at the top.
 from __future__ import annotations
 
 import enum
-import errno
-import os
 import re
-import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from lxss.linux.files import load_regular_file
+from lxss.text import one_line
+
 Value = bool | int | str
 """A parsed value: bool for BOOL, int for INT and MEMORY, str for STRING and ENUM."""
 
-MAX_CONFIG_CHARS: Final = 1 << 20
+MAX_CONFIG_BYTES: Final = 1 << 20
 """`read_config_text` refuses larger files: a config file is a few hundred bytes, and a
 distribution's file is untrusted input."""
 
@@ -225,7 +225,7 @@ def convert(key: Key, text: str) -> Value | None:
 
 def _invalid_value_warning(key: Key, spelled: str, text: str) -> tuple[str, str]:
     """The message and note WSL gives for `text` rejected as a value of `key` (spelled so)."""
-    shown = show(text)
+    shown = one_line(text)
     if key.type is ValueType.BOOL:
         return f"Invalid boolean value '{shown}' for key '{spelled}'", ""
     if key.type is ValueType.INT:
@@ -236,18 +236,6 @@ def _invalid_value_warning(key: Key, spelled: str, text: str) -> tuple[str, str]
         f"Invalid value '{shown}' for config key '{spelled}'",
         f"(Valid values: {', '.join(key.choices)})",
     )
-
-
-def show(text: str) -> str:
-    """`text` made safe to print: control and unprintable characters become escapes.
-
-    Config values reach the user's terminal inside warnings, and a distribution's files are
-    untrusted: an escape sequence in /etc/wsl.conf must not drive the host's terminal.
-    """
-    if text.isprintable():
-        return text
-    # ascii() spells a character as Python would: \n, \x1b, \u202e, \udc80 (a stray byte).
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +400,7 @@ class _Parser:
             return char
         if char in "bnt":
             return {"b": "\b", "n": "\n", "t": "\t"}[char]
-        self._reject(f"Invalid escaped character: '{show(char)}'")
+        self._reject(f"Invalid escaped character: '{one_line(char)}'")
         return None
 
     def _store(self, spelled: str, text: str, line: int) -> None:
@@ -489,30 +477,16 @@ def read_config_text(path: str) -> tuple[str | None, list[ConfigWarning]]:
     """The text of the config file at `path`: None and no warning if it does not exist.
 
     Anything else that stops it being read (permissions, a directory, a FIFO or device, more than
-    MAX_CONFIG_CHARS characters) is None plus one warning naming the file, so the caller falls
-    back to defaults. Bytes that are not UTF-8 are kept as surrogate escapes. The path is opened
-    as given, following symlinks: read a file of a distribution only from inside it.
+    MAX_CONFIG_BYTES bytes) is None plus one warning naming the file, so the caller falls back to
+    defaults. Bytes that are not UTF-8 are kept as surrogate escapes, and line ends as they are.
+    The path is opened as given, following symlinks: read a file of a distribution only from
+    inside it.
     """
     try:
-        text = _read_regular_file(path)
+        text = load_regular_file(path, MAX_CONFIG_BYTES, errors="surrogateescape")
     except FileNotFoundError:
         return None, []
     except OSError as error:
         reason = error.strerror or str(error)
         return None, [ConfigWarning(path, None, f"Failed to open config file {path}, {reason}")]
     return text, []
-
-
-def _read_regular_file(path: str) -> str:
-    # O_NONBLOCK: a FIFO planted at the path must not hang the caller in open().
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    with open(fd, encoding="utf-8", errors="surrogateescape", newline="") as file:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "Not a regular file", path)
-        text = file.read(MAX_CONFIG_CHARS + 1)
-    if len(text) > MAX_CONFIG_CHARS:
-        raise OSError(errno.EFBIG, f"File larger than {MAX_CONFIG_CHARS} characters", path)
-    return text

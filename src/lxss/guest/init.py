@@ -17,17 +17,21 @@ distribution: reboot(2) from a pid namespace's init kills every process in it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
 import socket
+import sys
 
+from lxss.config.osrelease import parse_os_release
 from lxss.config.wslconf import read_wsl_conf
 from lxss.guest import session
 from lxss.guest.process import Context
 from lxss.guest.users import UserDatabase
 from lxss.linux import syscalls as sc
 from lxss.linux.children import ChildWatch
+from lxss.linux.files import read_regular_file
 from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
@@ -46,18 +50,13 @@ def _write_file(path: str, text: str) -> None:
 
 
 def _os_release() -> tuple[str, str]:
-    values = {}
+    """ID and VERSION_ID from os-release(5): /etc/os-release, else /usr/lib/os-release."""
     for path in ("/etc/os-release", "/usr/lib/os-release"):
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    key, sep, value = line.strip().partition("=")
-                    if sep:
-                        values[key] = value.strip().strip("\"'")
-            break
-        except OSError:
-            continue
-    return values.get("ID", ""), values.get("VERSION_ID", "")
+        text = read_regular_file(path)
+        if text is not None:
+            values = parse_os_release(text)
+            return values.get("ID", ""), values.get("VERSION_ID", "")
+    return "", ""
 
 
 class Init:
@@ -121,12 +120,21 @@ class Init:
         self.start_boot_command()
 
     def start_boot_command(self) -> None:
-        """[boot] command: once per start, as root, through /bin/sh -c, not waited for."""
+        """[boot] command: once per start, as root, through /bin/sh -c, not waited for.
+
+        If it cannot be forked (EAGAIN at the VM's pids limit), it does not run this
+        start: that is said on stderr (the VM's console, which the service logs), and
+        the distribution carries on.
+        """
         command = self.conf.boot_command
         if not command or self.boot_command_started:
             return
         self.boot_command_started = True
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            print(f"lxss-init: [boot] command not started: {e.strerror}", file=sys.stderr)
+            return
         if pid == 0:
             try:
                 self.children.close()
@@ -139,9 +147,24 @@ class Init:
                 os._exit(127)
 
     def create_session(self, header: m.MessageHeader, message: m.InitCreateSession) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        context = self.context()
-        pid = os.fork()
+        """Fork a session leader and answer with its channel's other end.
+
+        A failed fork (EAGAIN at the VM's pids limit) is answered with its errno and no
+        descriptor: that console gets no session, and the distribution runs on.
+        """
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as e:  # EMFILE, ENFILE
+            self.channel.reply(header, m.InitCreateSessionResponse(result=e.errno or errno.EIO))
+            return
+        try:
+            context = self.context()
+            pid = os.fork()
+        except OSError as e:
+            ours.close()
+            theirs.close()
+            self.channel.reply(header, m.InitCreateSessionResponse(result=e.errno or errno.EIO))
+            return
         if pid == 0:
             code = 1
             try:
@@ -191,12 +214,8 @@ class Init:
 def _lang() -> str:
     """LANG as the distribution configures it (/etc/default/locale, else /etc/locale.conf)."""
     for path in ("/etc/default/locale", "/etc/locale.conf"):
-        lang = None
-        with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, sep, value = line.strip().partition("=")
-                if sep and key == "LANG":
-                    lang = value.strip().strip("\"'")
+        text = read_regular_file(path)
+        lang = parse_os_release(text).get("LANG") if text is not None else None
         if lang:
             return lang
     return "C.UTF-8"

@@ -78,23 +78,42 @@ class MiniInit:
         self.control.reply(header, m.ResultInt32(value=os.waitstatus_to_exitcode(status)))
 
     def launch_init(self, message: m.MiniInitLaunchInit, fds: list[int]) -> None:
-        """Fork the distribution's init: pid 1 of a new pid namespace.
+        """Start a distribution's init, taking ownership of *fds* (its channel first).
 
-        unshare(CLONE_NEWPID) only affects our next child, so we fork and then
-        setns back to our own namespace for the children after it.
+        If it cannot be started (fork's EAGAIN at the VM's pids limit, say), the
+        distribution's channel gets the CreateInstanceResult the service waits for, and
+        mini_init serves on: the VM and its other distributions are not this start's to
+        take down.
+        """
+        try:
+            pid = self._fork_init(message, fds[0])
+        except OSError as e:
+            _report_launch_failure(fds[0], e)
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.distributions[pid] = message.distribution_name or "?"
+
+    def _fork_init(self, message: m.MiniInitLaunchInit, channel_fd: int) -> int:
+        """Fork the distribution's init, pid 1 of a new pid namespace; return its pid.
+
+        unshare(CLONE_NEWPID) only affects our next child, so we fork and then setns back
+        to our own namespace, whether the fork worked or not: the children after it (the
+        next distribution's init, gns) must not land in a namespace of their own.
         """
         own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         try:
             sc.unshare(sc.CLONE_NEWPID)
-            pid = os.fork()
-            if pid == 0:
-                self._become_distribution(message, fds[0])
-            sc.setns(own_pid_ns, sc.CLONE_NEWPID)
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    self._become_distribution(message, channel_fd)  # never returns
+            finally:
+                sc.setns(own_pid_ns, sc.CLONE_NEWPID)
         finally:
             os.close(own_pid_ns)
-            for fd in fds:
-                os.close(fd)
-        self.distributions[pid] = message.distribution_name or "?"
+        return pid
 
     def _become_distribution(self, message: m.MiniInitLaunchInit, channel_fd: int) -> None:
         """In the child: namespaces, mounts, pivot_root, then init. Never returns."""
@@ -180,6 +199,31 @@ class MiniInit:
                 # As WSL's mini_init does: an unknown message means service and VM disagree.
                 print(f"mini_init: unexpected {type(message).__name__}", file=sys.stderr)
                 return 1
+
+
+def _report_launch_failure(channel_fd: int, error: OSError) -> None:
+    """Tell the service, on the distribution's channel, that its init could not be started.
+
+    *channel_fd* stays the caller's (a duplicate is used and closed here). A service that
+    has gone meanwhile is no reason to stop serving the others.
+    """
+    try:
+        channel = Channel(socket.socket(fileno=os.dup(channel_fd)), "init")
+    except OSError as e:
+        print(f"mini_init: cannot report a failed launch: {e}", file=sys.stderr)
+        return
+    with channel:
+        try:
+            channel.send(
+                m.MiniInitCreateInstanceResult(
+                    result=error.errno or errno.EIO,
+                    failure_step=m.FailureStep.LAUNCH_INIT,
+                    pid=0,
+                    warnings=(f"cannot start the distribution's init: {error.strerror or error}",),
+                )
+            )
+        except (OSError, ChannelClosed, TimeoutError) as e:
+            print(f"mini_init: cannot report a failed launch: {e}", file=sys.stderr)
 
 
 def _pid_in_parent_namespace() -> int:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Final
 
+from lxss.errors import LxssError
 from lxss.guest.users import User, UserDatabase
 
 # WSL's exit code for "user not found" (EX_NOUSER), reused as a launch result.
@@ -21,7 +22,9 @@ DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 RESERVED: Final = frozenset({"HOME", "USER", "LOGNAME", "SHELL", "LXSS_DISTRO_NAME"})
 
 
-class PlanError(Exception):
+class PlanError(LxssError):
+    """The request cannot run; *code* is the result the session leader answers with."""
+
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code

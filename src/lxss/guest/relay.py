@@ -28,6 +28,7 @@ import select
 import signal
 import socket
 import termios
+import warnings  # noqa: F401  # os.get_exec_path (os.execvpe) imports it lazily: after pivot_root
 
 from lxss.guest.process import Plan
 from lxss.linux import syscalls as sc
@@ -39,6 +40,9 @@ from lxss.protocol.framing import ProtocolError
 
 CHUNK = 65536
 DRAIN_IDLE = 0.1  # after the program exits, output still in flight through the pty
+# While no process holds the pty's slave, its master reads EIO and polls readable at once:
+# it is looked at again this often (a process may reopen the terminal, /dev/tty say).
+HUNG_UP_RECHECK = 0.5
 ACK_TIMEOUT = 5.0
 _STANDARD = (
     (m.InitCreateProcess.STDIN_CONSOLE, "stdin"),
@@ -48,7 +52,11 @@ _STANDARD = (
 
 
 def exit_code(status: int) -> int:
-    """The program's exit status as lxss reports it: its code, or 128+N for signal N."""
+    """A raw wait(2) *status* as lxss reports it: the exit code, or 128+N for death by signal N.
+
+    The one place for the rule (the shell's): the relay reports programs with it, and
+    nsboot the end of mini_init.
+    """
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
@@ -108,6 +116,7 @@ class Relay:
         self.to_master = b""
         self.to_console = b""
         self.console_input = fds.console is not None  # False once the client sent EOF
+        self.master_hung_up = False  # every holder of the slave closed it (reads give EIO)
         self.children = ChildWatch()
 
     def start(self) -> None:
@@ -190,8 +199,13 @@ class Relay:
                 self.to_console = os.read(self.master, CHUNK)
             except BlockingIOError:
                 pass
-            except OSError:  # EIO: every holder of the slave has closed it
+            except OSError:
+                # EIO: every holder of the slave has closed it. The master stays open (the
+                # program may reopen its terminal, and drain() reads what is left once it
+                # exits) but is not polled until HUNG_UP_RECHECK: it would poll readable
+                # at once, forever, and spin this loop.
                 self.to_console = b""
+                self.master_hung_up = True
         if self.console.fileno() in readable and self.console_input and not self.to_master:
             try:
                 data = self.console.recv(CHUNK)
@@ -241,18 +255,24 @@ class Relay:
             if self.control is not None:
                 watch.append(self.control.fileno())
             write_watch = []
+            timeout = None
             if self.master is not None and self.console is not None:
-                if not self.to_console:
-                    watch.append(self.master)
-                else:
+                if self.to_console:
                     write_watch.append(self.console.fileno())
-                if not self.to_master and self.console_input:
-                    watch.append(self.console.fileno())
+                elif self.master_hung_up:
+                    timeout = HUNG_UP_RECHECK
                 else:
+                    watch.append(self.master)
+                if self.to_master:
                     write_watch.append(self.master)
+                elif self.console_input:
+                    watch.append(self.console.fileno())
             try:
-                readable, writable, _ = select.select(watch, write_watch, [])
+                readable, writable, _ = select.select(watch, write_watch, [], timeout)
             except InterruptedError:
+                continue
+            if not (readable or writable) and self.master_hung_up:
+                self.master_hung_up = False  # look again: has anyone reopened the terminal?
                 continue
             if self.children.fileno() in readable:
                 self.reap()

@@ -10,6 +10,7 @@ service closes the channel, the session leader exits; relays run on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -81,6 +82,8 @@ def _start_relay(
     The answer to CreateProcess waits for the program's fork, so "no more processes"
     (the VM's pids limit) reaches the client as a clear failure instead of a relay
     that vanishes. Exec failures come later, as the program's exit status (127).
+    A relay that has not reported within RELAY_START_TIMEOUT is killed (the kernel reaps
+    it: SIGCHLD is ignored here), so a failed launch leaves nothing running.
     """
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -100,9 +103,18 @@ def _start_relay(
     os.close(ready_w)
     try:
         ready, _, _ = select.select([ready_r], [], [], RELAY_START_TIMEOUT)
-        report = os.read(ready_r, 512) if ready else b"timeout"
+        report = os.read(ready_r, 512) if ready else b""
     finally:
         os.close(ready_r)
+    if not ready:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return (
+            errno.ETIMEDOUT,
+            0,
+            f"cannot start {launch.executable}: its relay did not report within "
+            f"{RELAY_START_TIMEOUT:g} s",
+        )
     if report == b"":
         return 0, pid, None
     text = report.decode(errors="replace")

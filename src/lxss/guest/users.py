@@ -10,6 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Final
+
+from lxss.linux.files import read_regular_file
+
+# Larger /etc/passwd or /etc/group files are ignored (root's fallback applies): 16 MiB is
+# some 200,000 users, far beyond any distribution's own.
+MAX_DATABASE_BYTES: Final = 1 << 24
 
 # WSL's fallback when /etc/passwd is missing or has no root.
 ROOT_FALLBACK = ("root", 0, 0, "/", "/bin/sh")
@@ -32,11 +39,10 @@ class Group:
 
 
 def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(1 << 24)
-    except OSError:
-        return ""
+    """The file's text, or "" if it is missing, unreadable, not a regular file (a FIFO
+    there must not hang init or a session leader) or over MAX_DATABASE_BYTES."""
+    text = read_regular_file(path, MAX_DATABASE_BYTES)
+    return text if text is not None else ""
 
 
 def parse_passwd(text: str) -> list[User]:

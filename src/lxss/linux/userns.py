@@ -19,7 +19,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 from typing import Final
 
 from lxss.linux import syscalls
@@ -30,19 +29,8 @@ PARENT_ENV: Final = "LXSS_PARENT_PID"
 READY: Final = b"U"
 MAPPED: Final = b"M"
 
-_SRC_DIR: Final = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def python_argv(module: str, *args: str) -> list[str]:
-    """argv that runs `module.main(args)` on this interpreter without site-packages.
-
-    lxss needs only the standard library, and skipping site saves ~5 ms a start.
-    """
-    bootstrap = (
-        f"import sys;sys.path.insert(0,{_SRC_DIR!r});"
-        f"from {module} import main;sys.exit(main(sys.argv[1:]))"
-    )
-    return [sys.executable, "-I", "-S", "-c", bootstrap, *args]
+# The service's spawners (service/archives.py, vm/namespace.py) still import it from here;
+# lxss.bootstrap is its one home.
 
 
 def die_with_parent() -> None:

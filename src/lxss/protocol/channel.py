@@ -20,7 +20,9 @@ from collections.abc import Callable, Sequence
 from typing import Final, TypeVar, cast, overload
 
 from lxss.protocol.codec import TYPE_NAMES
+from lxss.protocol.framing import MAX_FDS_PER_MESSAGE as MAX_FDS_PER_MESSAGE  # re-exported
 from lxss.protocol.framing import (
+    RECV_ANCILLARY_SPACE,
     U32_MAX,
     Frame,
     FrameAssembler,
@@ -29,20 +31,15 @@ from lxss.protocol.framing import (
     TransactionStep,
     close_fds,
 )
+from lxss.protocol.framing import ChannelClosed as ChannelClosed  # re-exported
 from lxss.protocol.messages import Message, decode, encode, type_name
 
 M = TypeVar("M", bound=Message)
 
 DEFAULT_TIMEOUT: Final = 30.0  # seconds; WSL's guest connections use the same bound
-MAX_FDS_PER_MESSAGE: Final = 32  # more than any message carries; a peer sending more is cut off
 _CHUNK: Final = 64 * 1024  # recvmsg allocates its whole buffer up front, so ask for no more
-_ANCILLARY_SPACE: Final = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize)
 _POLL_MAX_MS: Final = 2**31 - 1  # poll() takes an int; longer waits go round again
 _ID_AND_STEP: Final = struct.Struct("<II")  # header words 3 and 4, at offset 8
-
-
-class ChannelClosed(EOFError):
-    """The peer closed the channel (perhaps in the middle of a message), or this end did."""
 
 
 class ChannelState:
@@ -183,14 +180,6 @@ class _Deadline:
 
 def _names(expected: tuple[type[Message], ...]) -> str:
     return " or ".join(cls.__name__ for cls in expected)
-
-
-def _fds_from(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
-    fds = array.array("i")
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    return fds.tolist()
 
 
 class Channel:
@@ -436,38 +425,21 @@ class Channel:
             wanted = min(self._assembler.bytes_wanted(), _CHUNK)
             try:
                 data, ancillary, flags, _ = self.sock.recvmsg(
-                    wanted, _ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
+                    wanted, RECV_ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
                 )
             except BlockingIOError:
                 continue  # woken without data; poll again
             except ConnectionResetError:
                 data, ancillary, flags = b"", [], 0
-            fds = _fds_from(ancillary)
-            if flags & socket.MSG_CTRUNC:
-                # Some descriptors were dropped, and with them the knowledge of which frame
-                # the rest belong to: the stream cannot be trusted any more.
-                close_fds(fds)
-                error = ProtocolError(f"more than {MAX_FDS_PER_MESSAGE} descriptors sent at once")
-                self._assembler.fail(error)
-                raise self._named(error)
-            if not data:
-                close_fds(fds)
-                raise self._closed_by_peer(what)
             try:
-                self._frames.extend(self._assembler.feed(data, fds))
+                self._frames.extend(self._assembler.feed_received(data, ancillary, flags))
             except ProtocolError as error:
                 raise self._named(error) from None
+            except ChannelClosed as closed:
+                raise ChannelClosed(
+                    f"channel {self.name}: {closed} while waiting for {what}"
+                ) from None
         return self._frames.popleft()
-
-    def _closed_by_peer(self, what: str) -> ChannelClosed:
-        if self._assembler.buffered:
-            size = self._assembler.expected_size
-            of = f" of {size}" if size is not None else ""
-            return ChannelClosed(
-                f"channel {self.name}: peer closed it in the middle of a message "
-                f"({self._assembler.buffered}{of} bytes received) while waiting for {what}"
-            )
-        return ChannelClosed(f"channel {self.name}: peer closed it while waiting for {what}")
 
     # --- shared ---------------------------------------------------------------------------
 

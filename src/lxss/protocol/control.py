@@ -10,6 +10,8 @@ bytes equal to the catalogue's encoding, so there is still one wire format.
 
 from __future__ import annotations
 
+from lxss.errors import LxssError
+
 HEADER_SIZE = 16
 MAX_CONTROL_MESSAGE = 4096
 
@@ -18,7 +20,7 @@ WINDOW_SIZE_CHANGED = 10  # InitWindowSizeChanged(rows: u16, columns: u16)
 SIGNAL = 120  # InitSignal(signal: i32)
 
 
-class ControlError(ValueError):
+class ControlError(LxssError, ValueError):
     """The relay sent something that is not a control message."""
 
 

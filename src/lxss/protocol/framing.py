@@ -5,23 +5,34 @@ WSL counterpart: ``MESSAGE_HEADER`` in ``src/shared/inc/lxinitshared.h`` and ``R
 32-bit words: message type, total size (header included), transaction id and transaction step.
 
 This module does no I/O. :class:`FrameAssembler` is fed what ``recvmsg`` returned and hands back
-whole frames together with the file descriptors that travelled with them; ``channel.py`` owns
-the socket. Everything received is untrusted: sizes are checked before anything is buffered, and
-nothing is allocated for bytes that have not arrived yet.
+whole frames together with the file descriptors that travelled with them; ``channel.py`` (the
+guest's blocking end) and ``lxss.vm.link`` (the service's asyncio end) own the sockets, and
+both hand each ``recvmsg`` result to :meth:`FrameAssembler.feed_received`. Everything received
+is untrusted: sizes are checked before anything is buffered, and nothing is allocated for bytes
+that have not arrived yet.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
 from typing import Final, NamedTuple
 
+from lxss.linux.fdpass import FD_SIZE, fds_from_ancillary
+
 HEADER_SIZE: Final = 16
 MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024  # WSL's limit; larger sizes are refused, not buffered
 
 U32_MAX: Final = 0xFFFF_FFFF
+
+MAX_FDS_PER_MESSAGE: Final = 32
+"""Most descriptors taken with one recvmsg: more than any message carries. A peer that sends
+more loses the stream (the kernel drops the rest, and with them which frame they belonged to)."""
+RECV_ANCILLARY_SPACE: Final = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * FD_SIZE)
+"""The ancillary buffer size to give recvmsg on a guest channel."""
 
 _HEADER: Final = struct.Struct("<IIII")
 
@@ -48,6 +59,10 @@ class ProtocolError(ValueError):
         super().__init__(text)
         self.message_type = message_type
         self.field = field
+
+
+class ChannelClosed(EOFError):
+    """The peer closed the channel (perhaps in the middle of a message), or this end did."""
 
 
 class MessageHeader(NamedTuple):
@@ -204,6 +219,40 @@ class FrameAssembler:
             self.fail(error)
             raise
         return frames
+
+    def feed_received(
+        self, data: bytes, ancillary: list[tuple[int, int, bytes]], flags: int
+    ) -> list[Frame]:
+        """Take one ``recvmsg`` result (its data, ancillary data and flags): the frames it
+        completes, possibly none.
+
+        The assembler owns every descriptor in *ancillary* from the call on, whatever
+        happens. Raises, with those descriptors closed:
+
+        - :class:`ProtocolError` if the kernel truncated the ancillary data (MSG_CTRUNC:
+          more than :data:`MAX_FDS_PER_MESSAGE` descriptors at once, or a buffer smaller
+          than :data:`RECV_ANCILLARY_SPACE`); the stream fails, as for a bad size;
+        - :class:`ChannelClosed` for end of file (empty *data*), saying whether the peer
+          closed it in the middle of a frame; the caller adds its channel's name;
+        - :class:`ProtocolError` from :meth:`feed`.
+        """
+        fds = fds_from_ancillary(ancillary, socket.SOL_SOCKET, socket.SCM_RIGHTS)
+        if flags & socket.MSG_CTRUNC:
+            close_fds(fds)
+            error = ProtocolError(f"more than {MAX_FDS_PER_MESSAGE} descriptors sent at once")
+            self.fail(error)
+            raise error
+        if not data:
+            close_fds(fds)
+            if self._buffer:
+                size = self.expected_size
+                of = f" of {size}" if size is not None else ""
+                raise ChannelClosed(
+                    f"peer closed it in the middle of a message ({len(self._buffer)}{of} "
+                    "bytes received)"
+                )
+            raise ChannelClosed("peer closed it")
+        return self.feed(data, fds)
 
     def _advance(self) -> Frame | None:
         """Parse the header once it is complete; return the frame once its body is."""

@@ -19,8 +19,9 @@ from typing import Any, Final
 
 from lxss.aio import wait_readable
 from lxss.archive import busybox
+from lxss.bootstrap import bootstrap_argv
 from lxss.linux.subids import Mapping
-from lxss.linux.userns import python_argv, spawn_mapped
+from lxss.linux.userns import spawn_mapped
 from lxss.vm.cgroup import Cgroup, Limits
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Jail:
 
     mapping: Mapping
     group: Cgroup
+    slots: asyncio.Semaphore  # the owner's workers that may run at once
 
 
 WORKER_LIMITS: Final = Limits(memory_bytes=1 << 30, pids=64, processors=os.cpu_count() or 1)
@@ -66,7 +68,19 @@ async def _run(
     pass_fds: tuple[int, ...] = (),
     timeout: float = WORK_TIMEOUT,
 ) -> dict[str, Any]:
-    argv = python_argv("lxss.archive.worker", operation, *args)
+    argv = bootstrap_argv("lxss.archive.worker", operation, *args)
+    async with jail.slots:
+        return await _run_limited(jail, operation, argv, stdin, pass_fds, timeout)
+
+
+async def _run_limited(
+    jail: Jail,
+    operation: str,
+    argv: list[str],
+    stdin: int | None,
+    pass_fds: tuple[int, ...],
+    timeout: float,
+) -> dict[str, Any]:
     jail.group.create(WORKER_LIMITS)
     try:
         return await _run_in(jail, operation, argv, stdin, pass_fds, timeout)

@@ -19,7 +19,6 @@ import errno
 import logging
 import os
 import socket
-import stat
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from lxss.api import errors
 from lxss.api.server import Call
 from lxss.config.lxssconf import LxssConfig, load_lxss_config
+from lxss.linux.files import read_regular_file
 from lxss.protocol import messages as m
 from lxss.protocol.channel import ChannelClosed
 from lxss.protocol.framing import ProtocolError
@@ -49,22 +49,6 @@ TERMINATE_TIMEOUT = 10.0
 MAX_LEADERS = 64
 CONFIG_LIMIT = 1 << 20
 _GUEST_ERRORS = (ChannelClosed, ProtocolError, TimeoutError, OSError)
-
-
-def _read_owned_file(path: str, uid: int) -> str | None:
-    """A user's config file, read by root only if that user owns it (no symlink, no fifo):
-    a user must not make the service read a file they could not read themselves."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_size > CONFIG_LIMIT:
-            return None
-        return os.read(fd, CONFIG_LIMIT).decode("utf-8", "replace")
-    finally:
-        os.close(fd)
 
 
 class Instance:
@@ -140,22 +124,29 @@ class Runtime:
 
     def load_config(self) -> LxssConfig:
         """/etc/lxss.conf and the owner's ~/.lxssconfig, read at VM start (as WSL reads
-        .wslconfig), with the machine's pidsLimit as a ceiling the user cannot raise."""
-        machine_text = None
-        with contextlib.suppress(OSError), open(self.settings.machine_config) as f:
-            machine_text = f.read(CONFIG_LIMIT)
+        .wslconfig). The machine's memory, processors and pidsLimit (set, or their
+        defaults) are ceilings a user's file cannot raise: one user must not be able to
+        take the machine from the others."""
+        machine_file = self.settings.machine_config
+        machine_text = read_regular_file(machine_file, CONFIG_LIMIT)
         user_file = os.path.join(self.session.owner.home, ".lxssconfig")
-        user_text = _read_owned_file(user_file, self.session.uid)
+        # Read by root only if the user owns it and it is a plain file: a user must not make
+        # the service read a file they could not read themselves.
+        user_text = read_regular_file(
+            user_file, CONFIG_LIMIT, owner_uid=self.session.uid, nofollow=True
+        )
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         cpus = os.cpu_count() or 1
         config, warnings = load_lxss_config(
-            machine_text, self.settings.machine_config, user_text, user_file, ram, cpus
+            machine_text, machine_file, user_text, user_file, ram, cpus
         )
-        machine, _ = load_lxss_config(
-            machine_text, self.settings.machine_config, None, "", ram, cpus
+        machine, _ = load_lxss_config(machine_text, machine_file, None, "", ram, cpus)
+        config = dataclasses.replace(
+            config,
+            memory_bytes=min(config.memory_bytes, machine.memory_bytes),
+            processors=min(config.processors, machine.processors),
+            pids_limit=min(config.pids_limit, machine.pids_limit),
         )
-        if config.pids_limit > machine.pids_limit:
-            config = dataclasses.replace(config, pids_limit=machine.pids_limit)
         for warning in warnings:
             log.warning("uid %d: %s", self.session.uid, warning)
         return config
@@ -294,7 +285,7 @@ class Runtime:
             result, _ = await link.receive((m.MiniInitCreateInstanceResult,), timeout=timeout)
             assert isinstance(result, m.MiniInitCreateInstanceResult)
             if result.result != 0:
-                step = m.FailureStep(result.failure_step).name.lower().replace("_", " ")
+                step = _failure_step(result.failure_step)
                 detail = "; ".join(result.warnings) or os.strerror(result.result)
                 raise errors.StartFailed(distribution=name, reason=f"{detail} (step: {step})")
             instance = Instance(distribution, vm, link, result.pid)
@@ -552,6 +543,14 @@ class Runtime:
             if self._vm_idle is not None:
                 self._vm_idle.cancel()
                 self._vm_idle = None
+
+
+def _failure_step(number: int) -> str:
+    """A start failure's step, for the user ("mount", "launch init"); any number will do."""
+    try:
+        return m.FailureStep(number).name.lower().replace("_", " ")
+    except ValueError:
+        return f"step {number}"
 
 
 def _host_timezone() -> str:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_WORKERS = 4
 EXPORTING = "Exporting"
 RUNNING = "Running"
 STOPPED = "Stopped"
@@ -61,6 +62,9 @@ class UserSession:
         self.locked: dict[str, str] = {}
         self._mapping: Mapping | None = None
         self._workers = 0
+        # Each worker may use 1 GiB: a few at a time per user keeps one user from taking
+        # the machine's memory with parallel imports; the others wait their turn.
+        self._worker_slots = asyncio.Semaphore(MAX_WORKERS)
         self._lock = asyncio.Lock()
         self.runtime: Runtime | None = None  # set by the service: the VM and instances
 
@@ -85,7 +89,7 @@ class UserSession:
         """Identity and cgroup for one archive worker of this user."""
         self._workers += 1
         name = f"{self.settings.cgroup_name}/worker-{self.uid}-{self._workers}"
-        return archives.Jail(self.mapping(), Cgroup(Layout.detect(), name))
+        return archives.Jail(self.mapping(), Cgroup(Layout.detect(), name), self._worker_slots)
 
     def find(self, name_or_guid: str) -> Distribution:
         distribution = self.registry.find(self.uid, name_or_guid)

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from lxss.aio import FdWatch
-from lxss.api.wire import fds_from_ancillary, fds_to_bytes
+from lxss.linux.fdpass import fds_to_bytes
 from lxss.protocol.channel import ChannelClosed, ChannelState, accept_frame
 from lxss.protocol.codec import TYPE_NAMES, Message, encode
 from lxss.protocol.framing import (
+    RECV_ANCILLARY_SPACE,
     Frame,
     FrameAssembler,
     MessageHeader,
@@ -31,7 +32,6 @@ from lxss.protocol.framing import (
 
 M = TypeVar("M", bound=Message)
 
-MAX_FDS = 16
 _CHUNK = 1 << 16
 
 
@@ -158,7 +158,7 @@ class GuestLink:
             try:
                 data, ancillary, flags, _ = self.sock.recvmsg(
                     min(self._assembler.bytes_wanted(), _CHUNK),
-                    socket.CMSG_SPACE(MAX_FDS * 4),
+                    RECV_ANCILLARY_SPACE,
                     socket.MSG_CMSG_CLOEXEC,
                 )
             except BlockingIOError:
@@ -169,12 +169,10 @@ class GuestLink:
                 continue
             except ConnectionResetError:
                 data, ancillary, flags = b"", [], 0
-            fds = fds_from_ancillary(ancillary, socket.SOL_SOCKET, socket.SCM_RIGHTS)
-            if flags & socket.MSG_CTRUNC:
-                close_fds(fds)
-                raise ProtocolError(f"channel {self.name}: too many descriptors at once")
-            if not data:
-                close_fds(fds)
-                raise ChannelClosed(f"channel {self.name}: peer closed it")
-            self._frames.extend(self._assembler.feed(data, fds))
+            try:
+                self._frames.extend(self._assembler.feed_received(data, ancillary, flags))
+            except ProtocolError as e:
+                raise ProtocolError(f"channel {self.name}: {e}") from None
+            except ChannelClosed as e:
+                raise ChannelClosed(f"channel {self.name}: {e}") from None
         return self._frames.popleft()

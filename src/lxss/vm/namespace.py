@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from lxss.aio import wait_exited, wait_readable
+from lxss.bootstrap import bootstrap_argv
 from lxss.linux.subids import Mapping
-from lxss.linux.userns import python_argv, spawn_mapped
+from lxss.linux.userns import spawn_mapped
 from lxss.protocol import messages as m
 from lxss.vm.cgroup import Cgroup, Layout, Limits
 from lxss.vm.link import GuestLink
@@ -140,7 +141,7 @@ class NamespaceBackend:
         control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         notify, notify_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         console_r, console_w = os.pipe2(os.O_CLOEXEC)
-        argv = python_argv(
+        argv = bootstrap_argv(
             "lxss.vm.nsboot",
             spec.to_json(),
             str(control_child.fileno()),

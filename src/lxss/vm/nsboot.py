@@ -18,6 +18,7 @@ import signal
 import sys
 
 from lxss.guest import mini_init
+from lxss.guest.relay import exit_code
 from lxss.linux import syscalls as sc
 from lxss.linux import userns
 from lxss.linux.proctitle import set_title
@@ -68,8 +69,4 @@ def main(argv: list[str]) -> int:
             return 1
         except InterruptedError:
             continue
-    return (
-        os.waitstatus_to_exitcode(status) & 0xFF
-        if os.WIFEXITED(status)
-        else 128 + os.WTERMSIG(status)
-    )
+    return exit_code(status)
