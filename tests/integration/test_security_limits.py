@@ -50,7 +50,7 @@ def greedy_user_config(distributions: tuple[UserDistribution, ...]) -> Iterator[
     """A's ~/.lxssconfig asks for far more than the machine allows."""
     a = distributions[0].owner
     path = Path(a.home) / ".lxssconfig"
-    path.write_text("[wsl2]\npidsLimit=1000000\n")
+    path.write_text("[wsl2]\npidsLimit=1000000\nmemory=1TB\nprocessors=64\n")
     os.chown(path, a.uid, a.gid)
     try:
         yield
@@ -117,8 +117,11 @@ def test_fork_bomb_is_contained(
 
 
 def test_memory_hog_is_killed_in_its_cgroup(
-    service: Service, distributions: tuple[UserDistribution, UserDistribution]
+    service: Service,
+    distributions: tuple[UserDistribution, UserDistribution],
+    greedy_user_config: None,
 ) -> None:
+    """The machine's memory is a ceiling: A's ~/.lxssconfig asks for 1 TB in vain."""
     a, b = distributions
     with machine_config(service, "[wsl2]\nmemory=256MB\n"):
         for user in (ATTACKER, OTHER):
