@@ -10,7 +10,7 @@ success, 1 a failure the report explains, anything else a crash (stderr).
 
     unpack (--dir-fd FD | --base PATH)       archive on stdin; creates rootfs/
     pack   --base PATH --out-fd FD --format F
-    remove --base PATH [--remove-base]
+    remove --base PATH
 """
 
 from __future__ import annotations
@@ -39,18 +39,13 @@ class WorkerError(Exception):
 
 
 def _options(argv: list[str]) -> dict[str, str | bool]:
+    """`--key value` pairs (every option takes a value)."""
     options: dict[str, str | bool] = {}
-    i = 0
-    while i < len(argv):
+    for i in range(0, len(argv), 2):
         key = argv[i].removeprefix("--")
-        if key in ("remove-base",):
-            options[key] = True
-            i += 1
-        else:
-            if i + 1 >= len(argv):
-                raise WorkerError(f"--{key} needs a value")
-            options[key] = argv[i + 1]
-            i += 2
+        if i + 1 >= len(argv):
+            raise WorkerError(f"--{key} needs a value")
+        options[key] = argv[i + 1]
     return options
 
 
@@ -244,7 +239,6 @@ def remove(options: dict[str, str | bool]) -> dict[str, Any]:
         return {"warnings": []}  # already gone: unregistering must still work
     except OSError as e:
         raise WorkerError(f"cannot open {base}: {e.strerror}") from None
-    warnings = []
     try:
         try:
             shutil.rmtree(ROOTFS, dir_fd=base_fd)
@@ -254,12 +248,9 @@ def remove(options: dict[str, str | bool]) -> dict[str, Any]:
         raise WorkerError(f"cannot remove {base}/{ROOTFS}: {e.strerror}") from None
     finally:
         os.close(base_fd)
-    if options.get("remove-base"):
-        try:
-            os.rmdir(base)
-        except OSError as e:
-            warnings.append(f"left {base} in place: {e.strerror}")
-    return {"warnings": warnings}
+    # The base directory itself is left to whoever made it: the user, or the service
+    # (whose per-user directory its owner may not write in).
+    return {"warnings": []}
 
 
 OPERATIONS = {"unpack": unpack, "pack": pack, "remove": remove}

@@ -30,9 +30,7 @@ MS_NOSUID: Final = 0x2
 MS_NODEV: Final = 0x4
 MS_NOEXEC: Final = 0x8
 MS_REMOUNT: Final = 0x20
-MS_NOATIME: Final = 0x400
 MS_BIND: Final = 0x1000
-MS_MOVE: Final = 0x2000
 MS_REC: Final = 0x4000
 MS_PRIVATE: Final = 1 << 18
 MS_SLAVE: Final = 1 << 19
@@ -44,14 +42,12 @@ PR_SET_PDEATHSIG: Final = 1
 PR_SET_DUMPABLE: Final = 4
 PR_SET_NAME: Final = 15
 PR_SET_CHILD_SUBREAPER: Final = 36
-PR_SET_NO_NEW_PRIVS: Final = 38
 
 # <linux/reboot.h>
 LINUX_REBOOT_CMD_POWER_OFF: Final = 0x4321FEDC
 
 # <asm/unistd_64.h> (x86_64): calls glibc 2.36 has no wrapper for.
 _NR_pivot_root: Final = 155
-_NR_pidfd_send_signal: Final = 424
 
 _libc.unshare.argtypes = (ctypes.c_int,)
 _libc.unshare.restype = ctypes.c_int
@@ -166,7 +162,3 @@ def power_off() -> None:
     """reboot(RB_POWER_OFF): in a pid namespace other than the first, kills every
     process of the namespace (see pid_namespaces(7))."""
     _check(_libc.reboot(LINUX_REBOOT_CMD_POWER_OFF), "reboot")
-
-
-def pidfd_send_signal(pidfd: int, signum: int) -> None:
-    _check(_libc.syscall(_NR_pidfd_send_signal, pidfd, signum, None, 0), "pidfd_send_signal")

@@ -218,8 +218,8 @@ async def pack_tree(jail: Jail, base_path: str, out_fd: int, export_format: str)
     return [str(w) for w in report.get("warnings", [])]
 
 
-async def remove_tree(jail: Jail, base_path: str, remove_base: bool) -> list[str]:
-    """Delete base_path/rootfs (and base_path itself if the service created it)."""
-    args = ["--base", base_path] + (["--remove-base"] if remove_base else [])
+async def remove_tree(jail: Jail, base_path: str) -> list[str]:
+    """Delete base_path/rootfs with the owner's rights; base_path is its maker's to remove."""
+    args = ["--base", base_path]
     report = await _run("remove", jail, args, timeout=REMOVE_TIMEOUT)
     return [str(w) for w in report.get("warnings", [])]

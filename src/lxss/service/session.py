@@ -230,7 +230,7 @@ class UserSession:
     async def _remove_files(self, distribution: Distribution) -> None:
         """Delete a distribution's tree (with the owner's rights, in the archive worker),
         then, if the service made it, its now empty base directory."""
-        await archives.remove_tree(self.jail(), distribution.base_path, False)
+        await archives.remove_tree(self.jail(), distribution.base_path)
         if distribution.managed_base:
             # In root's per-user directory: ours to remove (rmdir never follows a link).
             storage, name = os.path.split(distribution.base_path)

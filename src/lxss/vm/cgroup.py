@@ -153,15 +153,6 @@ class Cgroup:
                 found.update(_read_pids(directory))
         return found
 
-    def populated(self) -> bool:
-        if self.layout.unified is not None:
-            try:
-                with open(os.path.join(self.layout.unified, self.relative, "cgroup.events")) as f:
-                    return "populated 1" in f.read()
-            except FileNotFoundError:
-                return False
-        return bool(self.pids())
-
     def kill(self) -> None:
         """SIGKILL every process in the cgroup and its children, at once where cgroup2 can."""
         if self.layout.unified is not None:
