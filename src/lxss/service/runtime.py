@@ -339,7 +339,11 @@ class Runtime:
         def fire() -> None:
             instance.idle = None
             if not instance.busy and self.instances.get(instance.distribution.guid) is instance:
-                self._spawn(self.terminate(instance.distribution.guid, force=False))
+                # Marked now, in this callback: a command arriving before the stop task
+                # runs must not claim an instance that is about to be stopped under it;
+                # it waits for the end and starts the distribution afresh instead.
+                instance.stopping = True
+                self._spawn(self._stop(instance, force=False))
 
         instance.idle = loop.call_later(timeout / 1000, fire)
 
@@ -491,7 +495,10 @@ class Runtime:
             leader = await self._leader(instance, p["consoleId"])
             reply, _ = await leader.transaction(message, m.InitCreateProcessResponse, ordered)
         except _GUEST_ERRORS as e:
-            raise errors.StartFailed(distribution=distribution.name, reason=str(e)) from None
+            reason = str(e)
+            if instance.stopping or instance.ended.is_set():
+                reason = "it was stopped (lxss --terminate or --shutdown) as the command started"
+            raise errors.StartFailed(distribution=distribution.name, reason=reason) from None
         if reply.result == USER_NOT_FOUND:
             raise errors.UserNotFound(user=p.get("username") or "")
         if reply.result == errno.EINVAL:
@@ -513,8 +520,10 @@ class Runtime:
         else:
             async with self._lock:
                 instance = self.instances.get(guid)
-        if instance is None:
-            return
+        if instance is not None:
+            await self._stop(instance, force, holding_lock)
+
+    async def _stop(self, instance: Instance, force: bool, holding_lock: bool = False) -> None:
         instance.stopping = True
         if instance.idle is not None:
             instance.idle.cancel()
@@ -532,7 +541,10 @@ class Runtime:
                 await self._vm_gone(force=True)
                 return
             async with self._lock:
-                await self._vm_gone(force=True)
+                # A start waiting on this end may have stopped the VM itself meanwhile and
+                # started a new one, which is not ours to stop.
+                if not instance.ended.is_set():
+                    await self._vm_gone(force=True)
 
     async def shutdown(self, force: bool) -> None:
         async with self._lock:
