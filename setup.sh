@@ -39,14 +39,14 @@ fi
 
 # Lean launchers: `-I -S` skips site-packages, which costs more than the whole
 # of lxss's own start-up (see bench/).
-for role in lxss:lxss.cli.main lxssd:lxss.service.main; do
-    name=${role%%:*}; module=${role#*:}
+for role in lxss:lxss.cli.main:run lxssd:lxss.service.main:main; do
+    name=${role%%:*}; entry=${role#*:}; module=${entry%:*}; function=${entry#*:}
     cat > "/usr/local/bin/$name.tmp" <<LAUNCHER
 #!$venv/bin/python3 -IS
 import sys
 sys.path.insert(0, "$here/src")
-from $module import main
-sys.exit(main())
+from $module import $function
+sys.exit($function())
 LAUNCHER
     chmod 755 "/usr/local/bin/$name.tmp"
     mv "/usr/local/bin/$name.tmp" "/usr/local/bin/$name"

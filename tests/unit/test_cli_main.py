@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,29 @@ def test_one_bootstrap_for_client_and_service() -> None:
 
     assert not hasattr(userns, "python_argv")  # the service uses lxss.bootstrap directly
     assert lxss_argv() == bootstrap.bootstrap_argv("lxss.cli.main")
+
+
+# The quick exit --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "stdout", "stderr"),
+    [
+        (["--version"], 0, f"lxss {lxss.__version__}\n", ""),
+        (["--no-such-option"], 255, "", "lxss: "),
+    ],
+)
+def test_run_flushes_what_was_written_and_exits_with_mains_code(
+    argv: list[str], code: int, stdout: str, stderr: str
+) -> None:
+    """run() ends with os._exit, which flushes nothing: output to a pipe (block-buffered)
+    must still all arrive, and the exit status be main()'s."""
+    script = "import sys; from lxss.cli.main import run; sys.argv[1:] = sys.argv[2:]; run()"
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(SRC)!r}); {script}",
+         "lxss", *argv],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == code
+    assert done.stdout == stdout
+    assert done.stderr.startswith(stderr)

@@ -13,6 +13,10 @@ import sys
 from lxss import __version__
 from lxss.cli.parse import Launch, Management, UsageError, parse
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn  # typing itself costs milliseconds at start-up
+
 FAILURE = 255
 
 USAGE = """\
@@ -142,3 +146,20 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:
             # Nobody reads our output any more; don't let Python complain at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def run() -> NoReturn:
+    """The `lxss` command: main(), then a quick exit.
+
+    By the time main() returns, everything lxss owes the caller is done: the terminal is
+    restored, the service's connection closed, the output flushed below. What os._exit
+    skips is only the interpreter tearing down its modules and objects, about 2 ms of
+    a warm command's 25 (bench/: the `warm` figure).
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stream: nothing more can be said on it
+    os._exit(code)
