@@ -291,12 +291,35 @@ def test_pids_limit_stops_a_fork_loop(service: Service, busybox: str) -> None:
 
 
 def test_a_launch_that_cannot_fork_says_so(service: Service, busybox: str) -> None:
+    """With the VM's pids all taken, a launch fails with the reason and the distribution runs
+    on. The session leader keeps a relay forked ahead (a spare), so the launch right after
+    the fill may still fit; programs are started until one cannot be."""
+    running: list[subprocess.Popen[bytes]] = []
     with machine_config(service, "[wsl2]\npidsLimit=64\n"):
         fill = "while :; do sleep 30 </dev/null >/dev/null 2>&1 & done"
         filled = service.lxss("-d", busybox, "--", fill, timeout=60)
         assert "can't fork" in filled.err, filled
-        result = service.lxss("-d", busybox, "-e", "true", timeout=60)
-        assert states(service)[busybox] == "Running"
-        assert result.returncode == 255
-        assert "stopped" not in result.err, result
-        assert "Resource temporarily unavailable" in result.err, result
+        failed = None
+        try:
+            for _ in range(16):
+                launch = subprocess.Popen(
+                    [*LXSS, "-d", busybox, "-e", "sleep", "60"], env=service.env,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                )  # fmt: skip
+                try:
+                    _, err = launch.communicate(timeout=3)  # a failed launch ends at once
+                except subprocess.TimeoutExpired:
+                    running.append(launch)  # started: it holds a pid (and its relay one)
+                    continue
+                failed = (launch.returncode, err.decode(errors="replace"))
+                break
+            assert failed is not None, "every launch started with the pids limit reached"
+            assert states(service)[busybox] == "Running"
+        finally:
+            service.lxss("--terminate", busybox)
+            for launch in running:
+                launch.communicate(timeout=30)
+        code, err = failed
+        assert code == 255, failed
+        assert "stopped" not in err, failed
+        assert "Resource temporarily unavailable" in err, failed

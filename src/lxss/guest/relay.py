@@ -29,6 +29,7 @@ import signal
 import socket
 import termios
 import warnings  # noqa: F401  # os.get_exec_path (os.execvpe) imports it lazily: after pivot_root
+from collections.abc import Callable
 
 from lxss.guest.process import Plan
 from lxss.linux import syscalls as sc
@@ -334,18 +335,26 @@ class Relay:
         return 0
 
 
-def main(plan: Plan, message: m.InitCreateProcess, fds: m.CreateProcessFds, ready_fd: int) -> int:
-    """Run the program and relay for it. *ready_fd* is closed once the program is forked,
-    or gets the reason it could not be (the session leader answers the service with it)."""
+def become_relay() -> None:
+    """What a relay is before it knows its program (a spare does this ahead of its request)."""
     set_title("lxss-relay")
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sc.set_child_subreaper()
+
+
+def main(
+    plan: Plan,
+    message: m.InitCreateProcess,
+    fds: m.CreateProcessFds,
+    answer: Callable[[OSError | None], None],
+) -> int:
+    """Fork the program and relay for it. *answer* is called once the program is forked
+    (None), or with the reason it could not be."""
     relay = Relay(plan, message, fds)
     try:
         relay.start()
     except OSError as e:
-        os.write(ready_fd, (e.strerror or str(e)).encode())
-        os.close(ready_fd)
+        answer(e)
         return 1
-    os.close(ready_fd)
+    answer(None)
     return relay.run()
