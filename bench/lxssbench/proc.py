@@ -2,7 +2,7 @@
 
 Every command the bench runs goes through :func:`run` (measured or not), and
 every long-lived helper through :class:`Background`. Both start the child in a
-new session so that a timeout can kill the whole process group, and both
+process group of its own so that a timeout can kill the whole group, and both
 write the child's stderr to a file rather than a pipe: a daemon that inherits
 the pipe (``lxss`` starting ``lxssd`` on demand, say) would otherwise keep us
 waiting for an EOF that never comes.
@@ -237,7 +237,9 @@ def run(
                 user=user,
                 group=group,
                 extra_groups=[] if user is not None else None,
-                start_new_session=True,
+                # A group, not a session: commands typed in one terminal share its
+                # session, and lxss keeps one session leader per caller's session.
+                process_group=0,
             )
         except OSError as exc:
             return Result(argv, 127, "", f"{argv[0]}: {exc.strerror}", 0)
