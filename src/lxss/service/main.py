@@ -17,9 +17,9 @@ import os
 import signal
 import socket
 import sys
-from importlib import resources
 
 from lxss import __version__
+from lxss.api.interface import INTERFACE_FILE
 from lxss.api.server import VarlinkServer
 from lxss.service import registry, runtime
 from lxss.service.handler import ServiceHandler
@@ -80,13 +80,23 @@ def _listening_socket(settings: Settings, systemd: bool) -> socket.socket:
     return sock
 
 
+# sd_notify(3)'s socket: systemd's, or that of the `lxss` command that started us on demand
+# and waits for READY=1. Taken out of the environment at start, so that no process of the
+# service (a utility VM, say) inherits it.
+_notify_address: str | None = None
+
+
 def _notify_systemd(state: str) -> None:
-    address = os.environ.get("NOTIFY_SOCKET")
+    address = _notify_address
     if not address:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+    # Best effort, as sd_notify is: the `lxss` that started us is gone by the time we stop.
+    with (
+        contextlib.suppress(OSError),
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s,
+    ):
         s.sendto(state.encode(), address)
 
 
@@ -116,7 +126,8 @@ async def serve(settings: Settings, systemd: bool) -> None:
     handler.runtime_factory = runtime.runtime_factory(settings)
     runtime.clean_stale(settings)
     await _recover(handler, db)
-    interface = resources.files("lxss.api").joinpath("io.lxss.Service.varlink").read_text()
+    with open(INTERFACE_FILE, encoding="utf-8") as f:
+        interface = f.read()
     server = VarlinkServer(interface, handler, "lxss", "lxssd", __version__)
     listener = _listening_socket(settings, systemd)
     loop = asyncio.get_running_loop()
@@ -167,13 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("lxssd: must run as root (it starts each user's distributions)", file=sys.stderr)
         return 1
+    global _notify_address
+    _notify_address = os.environ.pop("NOTIFY_SOCKET", None)
     os.umask(0o022)
+    os.chdir("/")  # a daemon holds no directory busy (`lxss` may start us from anywhere)
     settings = Settings.from_environment()
     os.makedirs(settings.runtime_dir, 0o755, exist_ok=True)
     _configure_logging(debug, log_file)
     lock = _acquire_instance_lock(settings)
     try:
         asyncio.run(serve(settings, systemd))
+    except Exception:
+        # Said in the log, which is where `lxss` (or systemd) sends whoever asks why.
+        log.exception("lxssd cannot serve")
+        return 1
     finally:
         os.close(lock)
     return 0
