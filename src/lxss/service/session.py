@@ -252,7 +252,7 @@ class UserSession:
         if str(version) not in backends:
             raise errors.VersionNotSupported(
                 version=version,
-                reason="version 2 needs the QEMU backend, which this machine cannot run yet",
+                reason="this lxss has no QEMU backend yet; use version 1",
             )
 
     async def unregister(self, name_or_guid: str) -> None:
