@@ -17,12 +17,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
-from lxss.aio import wait_readable
 from lxss.archive import busybox
 from lxss.bootstrap import bootstrap_argv
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import spawn_mapped
 from lxss.vm.cgroup import Cgroup, Limits
+from lxss.vm.confined import off_loop, start_in
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +70,11 @@ async def _run(
 ) -> dict[str, Any]:
     argv = bootstrap_argv("lxss.archive.worker", operation, *args)
     async with jail.slots:
-        return await _run_limited(jail, operation, argv, stdin, pass_fds, timeout)
-
-
-async def _run_limited(
-    jail: Jail,
-    operation: str,
-    argv: list[str],
-    stdin: int | None,
-    pass_fds: tuple[int, ...],
-    timeout: float,
-) -> dict[str, Any]:
-    jail.group.create(WORKER_LIMITS)
-    try:
-        return await _run_in(jail, operation, argv, stdin, pass_fds, timeout)
-    finally:
-        await asyncio.get_running_loop().run_in_executor(None, jail.group.destroy)
+        jail.group.create(WORKER_LIMITS)
+        try:
+            return await _run_in(jail, operation, argv, stdin, pass_fds, timeout)
+        finally:
+            await off_loop(jail.group.destroy)
 
 
 async def _run_in(
@@ -99,13 +88,7 @@ async def _run_in(
     pending = spawn_mapped(
         argv, pass_fds=pass_fds, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    try:
-        jail.group.add(pending.proc.pid)
-        await wait_readable(pending.fileno(), MAP_TIMEOUT)
-    except BaseException:
-        pending.abort()
-        raise
-    proc = pending.finish(jail.mapping, timeout=1.0)
+    proc = await start_in(pending, jail.group, jail.mapping, MAP_TIMEOUT)
     loop = asyncio.get_running_loop()
     try:
         # communicate() only waits; the worker was forked by this (the main) thread,

@@ -16,27 +16,21 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable
 from dataclasses import replace
 
-from lxss.aio import wait_exited, wait_readable
+from lxss.aio import wait_exited
 from lxss.bootstrap import bootstrap_argv
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import spawn_mapped
 from lxss.protocol import messages as m
 from lxss.vm.cgroup import Cgroup, Layout, Limits
+from lxss.vm.confined import off_loop, start_in
 from lxss.vm.link import GuestLink
 from lxss.vm.spec import VmSpec
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
-
-
-async def _off_loop(operation: Callable[[], None]) -> None:
-    """Run a cgroup operation in a thread: killing and removing a cgroup waits (for the
-    kernel to reap) up to seconds, which the service's event loop must not."""
-    await asyncio.get_running_loop().run_in_executor(None, operation)
 
 
 class VmStartError(Exception):
@@ -105,12 +99,12 @@ class NamespaceVm:
         self.control.close()  # mini_init returns when its channel closes: pid 1 ends, all end
         self.notify.close()
         if force or not await self.wait(STOP_TIMEOUT):
-            await _off_loop(self.group.kill)
+            await off_loop(self.group.kill)
             await self.wait(STOP_TIMEOUT)
         with contextlib.suppress(OSError):
             asyncio.get_running_loop().remove_reader(self._console_fd)
             os.close(self._console_fd)
-        await _off_loop(self.group.destroy)
+        await off_loop(self.group.destroy)
         with contextlib.suppress(OSError):
             os.rmdir(self.scratch)
 
@@ -129,7 +123,7 @@ class NamespaceBackend:
     async def start(self, spec: VmSpec, mapping: Mapping) -> NamespaceVm:
         uid = spec.owner_uid
         group = Cgroup(self.layout, f"{self.cgroup_root}/user-{uid}")
-        await _off_loop(group.destroy)  # a VM of this user that a crashed service left behind
+        await off_loop(group.destroy)  # a VM of this user that a crashed service left behind
         group.create(Limits(spec.memory_bytes, spec.pids_limit, spec.processors))
         scratch = self.scratch_dir(uid)
         os.makedirs(os.path.dirname(scratch), 0o755, exist_ok=True)
@@ -158,23 +152,19 @@ class NamespaceBackend:
             for closable in (control, notify, control_child, notify_child):
                 closable.close()
             os.close(console_r)
-            await _off_loop(group.destroy)
+            await off_loop(group.destroy)
             raise
         finally:
             os.close(console_w)
         control_child.close()
         notify_child.close()
         try:
-            # In the cgroup before it unshares its cgroup namespace: that becomes its root.
-            group.add(pending.proc.pid)
-            await wait_readable(pending.fileno(), spec.boot_timeout_s)
-            pending.finish(mapping, timeout=1.0)
+            await start_in(pending, group, mapping, spec.boot_timeout_s)
         except BaseException:
-            pending.abort()
             control.close()
             notify.close()
             os.close(console_r)
-            await _off_loop(group.destroy)
+            await off_loop(group.destroy)
             raise
         vm = NamespaceVm(
             spec,

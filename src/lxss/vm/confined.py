@@ -1,0 +1,39 @@
+"""Starting a helper confined to the owner's user namespace and a cgroup, from the
+service's event loop: the utility VM's boot process and the archive worker alike.
+
+The order matters and is the same for both: the helper is put in its cgroup before it
+unshares its cgroup namespace (which then has that cgroup for its root), and it is mapped
+only once it has entered its user namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Callable
+
+from lxss.aio import wait_readable
+from lxss.linux.subids import Mapping
+from lxss.linux.userns import PendingHelper
+from lxss.vm.cgroup import Cgroup
+
+
+async def off_loop(operation: Callable[[], None]) -> None:
+    """Run a cgroup operation in a thread: killing and removing a cgroup waits (for the
+    kernel to reap) up to seconds, which the service's event loop must not."""
+    await asyncio.get_running_loop().run_in_executor(None, operation)
+
+
+async def start_in(
+    pending: PendingHelper, group: Cgroup, mapping: Mapping, timeout: float
+) -> subprocess.Popen[bytes]:
+    """Put the helper *pending* (from `spawn_mapped`) in *group*, wait up to *timeout*
+    for it to enter its user namespace, and map it. On any failure it is killed and
+    reaped before the error propagates."""
+    try:
+        group.add(pending.proc.pid)
+        await wait_readable(pending.fileno(), timeout)
+    except BaseException:
+        pending.abort()
+        raise
+    return pending.finish(mapping, timeout=1.0)  # finish() aborts on failure itself
