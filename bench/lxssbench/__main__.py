@@ -14,12 +14,14 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
+from lxss.linux.syscalls import set_child_subreaper
+
 from . import machine, report
 from .figures import ORDER, SPECS, run_figure
 from .harness import Figure
 from .install import ensure_packages
 from .lab import FULL, QUICK, Lab, PeerStatus, Settings
-from .proc import become_subreaper, reap_orphans, unowned_children
+from .proc import reap_orphans, unowned_children
 from .runlock import clear_leftovers, one_at_a_time
 
 BENCH = Path(__file__).resolve().parents[1]
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for warning in [] if args.no_install else ensure_packages():
         print(f"bench: warning: {warning}", file=sys.stderr)
-    become_subreaper()
+    set_child_subreaper()
     with one_at_a_time(wait=args.wait):
         for what in clear_leftovers():
             print(f"bench: removed a leftover of a killed run: {what}", file=sys.stderr)

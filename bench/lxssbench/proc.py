@@ -15,7 +15,6 @@ reparented to us instead of to a pid 1 that may never reap them;
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
@@ -25,19 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
-
-# <linux/prctl.h>
-PR_SET_CHILD_SUBREAPER: Final = 36
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.argtypes = (
-    ctypes.c_int,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-)
+from typing import IO
 
 # Pids of children some Background (or caller) owns; reap_orphans leaves them alone.
 _owned: set[int] = set()
@@ -54,12 +41,6 @@ def breaker(program: str) -> None:
 
 class Unavailable(Exception):
     """A measurement cannot be made; the message says why, in one line."""
-
-
-def become_subreaper() -> None:
-    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
 
 
 def reap_orphans() -> list[int]:
