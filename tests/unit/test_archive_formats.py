@@ -15,7 +15,6 @@ import pytest
 
 from lxss.archive import formats
 from lxss.archive.unpack import member_path
-from lxss.config.osrelease import parse_os_release
 
 
 def tar_of(fmt: int) -> bytes:
@@ -116,20 +115,3 @@ def test_external_tools() -> None:
 )
 def test_member_path(name: str, path: str | None) -> None:
     assert member_path(name) == path
-
-
-def test_parse_os_release() -> None:
-    text = """# comment
-NAME="Debian GNU/Linux"
-ID=debian
-VERSION_ID='12'
-EMPTY=
-broken line
- PRETTY_NAME = "spaced" \n"""
-    assert parse_os_release(text) == {
-        "NAME": "Debian GNU/Linux",
-        "ID": "debian",
-        "VERSION_ID": "12",
-        "EMPTY": "",
-        "PRETTY_NAME": "spaced",
-    }
