@@ -8,18 +8,11 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from descriptors import is_open
 from hypothesis import given
 from hypothesis import strategies as st
 
 from lxss.api import wire
-
-
-def is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture

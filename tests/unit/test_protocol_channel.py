@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import pytest
+from descriptors import is_open
 
 from lxss.protocol.channel import (
     MAX_FDS_PER_MESSAGE,
@@ -40,15 +41,7 @@ NONE, REQUEST, FIRST_REPLY = 0, 1, 2
 def open_fds() -> set[int]:
     """Descriptors open now (the one listdir used for /proc/self/fd is closed again)."""
     listed = {int(name) for name in os.listdir("/proc/self/fd")}
-    return {fd for fd in listed if _is_open(fd)}
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
+    return {fd for fd in listed if is_open(fd)}
 
 
 def same_file(a: int, b: int) -> bool:

@@ -8,6 +8,7 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
+from descriptors import is_open
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,14 +28,6 @@ from lxss.protocol.framing import (
 
 def frame(message_type: int, body: bytes = b"", transaction_id: int = 0, step: int = 0) -> bytes:
     return pack_header(message_type, HEADER_SIZE + len(body), transaction_id, step) + body
-
-
-def is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import socket
 import sys
 
 import pytest
+from descriptors import is_open
 
 from lxss.linux.fdpass import fds_from_ancillary, fds_to_bytes
 from lxss.protocol.framing import (
@@ -22,14 +23,6 @@ from lxss.protocol.framing import (
 
 def _rights(fds: list[int]) -> list[tuple[int, int, bytes]]:
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds_to_bytes(fds))]
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 def _devnull() -> int:
@@ -49,7 +42,7 @@ def test_truncated_ancillary_data_fails_the_stream_and_closes_what_came() -> Non
     assembler = FrameAssembler()
     with pytest.raises(ProtocolError, match=f"more than {MAX_FDS_PER_MESSAGE} descriptors"):
         assembler.feed_received(pack_header(9, 20, 1), _rights(fds), socket.MSG_CTRUNC)
-    assert not any(_is_open(fd) for fd in fds)
+    assert not any(is_open(fd) for fd in fds)
     assert assembler.failed is not None
     with pytest.raises(ProtocolError, match="stream already failed"):
         assembler.feed_received(pack_header(9, 16, 1), [], 0)
@@ -66,7 +59,7 @@ def test_end_of_file_inside_a_frame_says_how_far_it_got() -> None:
     assembler.feed_received(pack_header(9, 20, 1) + b"\0\0", [], 0)
     with pytest.raises(ChannelClosed, match=r"middle of a message \(18 of 20 bytes received\)"):
         assembler.feed_received(b"", _rights([fd]), 0)
-    assert not _is_open(fd)
+    assert not is_open(fd)
     assembler.close()
 
 
@@ -74,7 +67,7 @@ def test_a_bad_size_is_the_assemblers_error() -> None:
     fd = _devnull()
     with pytest.raises(ProtocolError, match="announces 4 bytes"):
         FrameAssembler().feed_received(pack_header(9, 4), _rights([fd]), 0)
-    assert not _is_open(fd)
+    assert not is_open(fd)
 
 
 def test_the_ancillary_buffer_holds_the_limit_and_no_more() -> None:
