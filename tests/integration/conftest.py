@@ -362,13 +362,19 @@ def busybox(service: Service) -> str:
     return "bb"
 
 
-def busybox_tarball(directory: Path) -> Path:
-    """A busybox root file system as a tar.gz built with host tools (for import tests)."""
-    root = directory / "bbroot"
+def busybox_root(root: Path) -> Path:
+    """The bare bones of a busybox root file system at *root*: /bin/busybox and /bin/sh,
+    and empty /etc, /root and /tmp."""
     for sub in ("bin", "etc", "root", "tmp"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy2("/bin/busybox", root / "bin/busybox")
     (root / "bin/sh").symlink_to("busybox")
+    return root
+
+
+def busybox_tarball(directory: Path) -> Path:
+    """A busybox root file system as a tar.gz built with host tools (for import tests)."""
+    root = busybox_root(directory / "bbroot")
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/os-release").write_text("ID=testbox\nVERSION_ID=1\n")
     tarball = directory / "bb.tar.gz"

@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import LXSS, Result, Service
+from conftest import LXSS, Result, Service, busybox_root
 from run_support import machine_config, private_distribution, states, wait_until
 
 # The pids limit counts every process of the VM; 64 is soon filled from inside.
@@ -146,11 +145,7 @@ def test_a_relay_idles_once_the_program_lets_go_of_its_terminal(
 
 def _tarball_with_fifos(directory: Path) -> Path:
     """A busybox root whose /etc/os-release, /etc/passwd and /etc/group are FIFOs."""
-    root = directory / "fifo-root"
-    for sub in ("bin", "etc", "root", "tmp"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy2("/bin/busybox", root / "bin/busybox")
-    (root / "bin/sh").symlink_to("busybox")
+    root = busybox_root(directory / "fifo-root")
     (root / "bin/true").symlink_to("busybox")
     for name in ("os-release", "passwd", "group"):
         os.mkfifo(root / "etc" / name)
