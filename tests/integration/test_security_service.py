@@ -110,6 +110,16 @@ def settled(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> 
         time.sleep(0.1)
 
 
+def _end_helper(proc: subprocess.Popen[bytes]) -> None:
+    """End a helper script that runs until its stdin closes, and close its pipes."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    proc.wait(30)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -354,12 +364,7 @@ def test_silent_clients_are_capped_per_user_and_block_no_one(
         for _ in range(3):
             assert_serving(service, b)
     finally:
-        if holder.stdin is not None:
-            holder.stdin.close()
-        holder.wait(30)
-        for stream in (holder.stdout, holder.stderr):
-            if stream is not None:
-                stream.close()
+        _end_helper(holder)
     # Closed connections are forgotten: A is served again.
     settled(lambda: service.lxss("-l", user=ATTACKER).returncode == 0, "A to be served again")
 
@@ -436,12 +441,7 @@ sys.stdin.read()
             for _ in range(3):  # with the flood's connections still open
                 assert_serving(service, b)
         finally:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait(30)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            _end_helper(proc)
     assert int(lines[0][1]) > 0
     assert int(lines[1][1]) < (8 << 20), f"lxssd read {lines[1][1]} bytes of one message"
     assert int(lines[2][1]) == 2000
