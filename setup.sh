@@ -21,8 +21,8 @@ for p in $packages; do
 done
 if [ -n "$missing" ]; then
     echo "setup.sh: installing$missing"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $missing >/dev/null
 fi
 
 # A virtual environment on Debian's interpreter for the development tools.
