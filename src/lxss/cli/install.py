@@ -1,36 +1,128 @@
-"""--install (the built-in distribution for now) and --manage."""
+"""--install: from a source (a catalog name, a built-in, a file, ...) to a registered
+distribution, then its shell; and --manage.
+
+What `lxss --install SOURCE` does is chosen by `INSTALLERS`, a table from the form of SOURCE
+to the function that installs it, named as "module:function" so that only the chosen one is
+imported (the client stays lean). The first row that matches wins; a SOURCE no row matches
+is for `CATALOG`. `--from-file FILE` installs a local image and takes no SOURCE.
+
+An installer gets the SOURCE as typed and an `InstallTarget` (the name, location and version
+the user asked for, each None when not given), registers the distribution, and returns the
+name it registered. On failure it raises, leaving nothing registered and no partial files.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from lxss.cli import manage as commands
 from lxss.cli.errors import CommandError
-from lxss.cli.parse import Launch, Management
+from lxss.cli.parse import Launch, Management, UsageError
 from lxss.cli.service import connect
 
-BUILTINS = ("busybox",)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Installer = Callable[[str, "InstallTarget"], str]
+
+# (SOURCE as typed: a name, or a prefix ending in "*"; installer; how --help and errors show it)
+INSTALLERS: tuple[tuple[str, str, str], ...] = (
+    ("busybox", "lxss.cli.install:install_builtin", "busybox"),
+)
+FROM_FILE = "lxss.cli.install:install_file"  # --from-file FILE
+CATALOG = "lxss.cli.install:install_unknown"  # any other SOURCE, and none
+
+
+class InstallTarget:
+    """How the user wants the new distribution registered (None: the installer's default)."""
+
+    __slots__ = ("for_uid", "location", "name", "quiet", "version")
+
+    def __init__(
+        self,
+        name: str | None,
+        location: str | None,
+        version: int | None,
+        for_uid: int | None,
+        quiet: bool = False,
+    ) -> None:
+        self.name = name
+        self.location = location
+        self.version = version
+        self.for_uid = for_uid
+        self.quiet = quiet  # no progress output (-q)
+
+    def register(
+        self, default_name: str, archive: str | None = None, builtin: str | None = None
+    ) -> str:
+        """Register an archive (a path, opened here as the user) or a built-in under the
+        user's name or `default_name`; returns the name registered."""
+        name = self.name or default_name
+        with connect() as client:
+            commands.register(client, name, self.version, self.location, archive=archive,
+                              builtin=builtin, for_uid=self.for_uid)  # fmt: skip
+        return name
+
+
+def _matches(pattern: str, source: str) -> bool:
+    if pattern.endswith("*"):
+        return source.startswith(pattern[:-1])
+    return source == pattern
+
+
+def choose_installer(source: str | None, from_file: bool) -> str:
+    """The installer ("module:function") for `source`; pure, for the unit tests."""
+    if from_file:
+        return FROM_FILE
+    if source is not None:
+        for pattern, installer, _ in INSTALLERS:
+            if _matches(pattern, source):
+                return installer
+    return CATALOG
+
+
+def installable() -> str:
+    """What can be installed besides the catalog's names, for error messages."""
+    return ", ".join(shown for _, _, shown in INSTALLERS)
+
+
+def _load(installer: str) -> Installer:
+    import importlib
+
+    module, function = installer.split(":")
+    loaded: Installer = getattr(importlib.import_module(module), function)
+    return loaded
+
+
+def _source(request: Management) -> str | None:
+    """The SOURCE argument, also spelled `--install -d NAME` (WSL's form) or, before the
+    action, `lxss -d NAME --install`: either way once, or the same twice."""
+    given = {str(v) for v in (request.options.get("--distribution"),) if isinstance(v, str)}
+    given.update(request.args)
+    if len(given) > 1:
+        raise UsageError(f"--install was given two distributions: {' and '.join(sorted(given))}")
+    return given.pop() if given else None
 
 
 def install(request: Management, for_uid: int | None) -> int:
     options = request.options
-    source = request.args[0] if request.args else str(options.get("--distribution") or "busybox")
-    if source not in BUILTINS:
-        raise CommandError(
-            f"'{source}' cannot be installed by name yet; the built-in distribution is "
-            "busybox. Import others with: lxss --import NAME DIR FILE"
-        )
-    name = str(options.get("--name") or source)
+    source = _source(request)
+    from_file = options.get("--from-file")
+    if isinstance(from_file, str) and source is not None:
+        raise UsageError(f"--from-file installs {from_file}; give no distribution name with it")
     location = options.get("--location")
-    with connect() as client:
-        commands.register(
-            client,
-            name,
-            commands.parse_version(options.get("--version")),
-            str(location) if isinstance(location, str) else None,
-            builtin=source,
-            for_uid=for_uid,
-        )
+    target = InstallTarget(
+        name=str(options["--name"]) if isinstance(options.get("--name"), str) else None,
+        location=location if isinstance(location, str) else None,
+        version=commands.parse_version(options.get("--version")),
+        for_uid=for_uid,
+        quiet=bool(options.get("--quiet")),
+    )
+    # --web-download is WSL's way to skip the Microsoft Store; lxss never uses one.
+    installer = choose_installer(source, isinstance(from_file, str))
+    name = _load(installer)(from_file if isinstance(from_file, str) else source or "", target)
     commands.out(f"Installed '{name}'. Run it with: lxss -d {name}")
     if options.get("--no-launch"):
         return 0
@@ -40,6 +132,34 @@ def install(request: Management, for_uid: int | None) -> int:
     shell = Launch()
     shell.distribution = name
     return launch(shell, for_uid)
+
+
+def install_builtin(source: str, target: InstallTarget) -> str:
+    """A distribution lxss builds itself from the host's files (busybox)."""
+    return target.register(source, builtin=source)
+
+
+def install_unknown(source: str, target: InstallTarget) -> str:
+    """A SOURCE no installer takes."""
+    if not source:
+        raise CommandError(f"name what to install: lxss --install {installable()}")
+    raise CommandError(f"'{source}' cannot be installed; lxss can install: {installable()}")
+
+
+def default_name_of_file(path: str) -> str:
+    """`--from-file ~/Downloads/Debian-12.wsl` installs as 'Debian-12'."""
+    base = os.path.basename(path.rstrip("/")) or "distribution"
+    for suffix in (".wsl", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst", ".tar"):
+        if base.endswith(suffix) and len(base) > len(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def install_file(source: str, target: InstallTarget) -> str:
+    """--from-file FILE: a local .wsl image or rootfs tarball, as --import reads one."""
+    if source == "-":
+        raise CommandError("--from-file needs a file; to read stdin use: lxss --import NAME DIR -")
+    return target.register(default_name_of_file(source), archive=source)
 
 
 def manage_distribution(request: Management, for_uid: int | None) -> int:

@@ -62,7 +62,7 @@ _ACTIONS: dict[str, tuple[tuple[str, ...], tuple[int, int], set[str], set[str]]]
     "list": (
         ("--list", "-l"),
         (0, 0),
-        {"--verbose", "-v", "--quiet", "-q", "--running", "--all"},
+        {"--verbose", "-v", "--quiet", "-q", "--running", "--all", "--online", "-o"},
         set(),
     ),
     "import": (("--import",), (3, 3), set(), {"--version"}),
@@ -70,8 +70,8 @@ _ACTIONS: dict[str, tuple[tuple[str, ...], tuple[int, int], set[str], set[str]]]
     "install": (
         ("--install",),
         (0, 1),
-        {"--no-launch", "-n"},
-        {"--name", "--location", "--version", "-d", "--distribution"},
+        {"--no-launch", "-n", "--web-download", "--quiet", "-q"},
+        {"--name", "--location", "--version", "-d", "--distribution", "--from-file"},
     ),
     "unregister": (("--unregister",), (1, 1), set(), set()),
     "set-default": (("--set-default", "-s", "--setdefault"), (1, 1), set(), set()),
@@ -84,7 +84,13 @@ _ACTION_BY_OPTION = {
     spelling: name for name, (spellings, *_) in _ACTIONS.items() for spelling in spellings
 }
 
-_CANONICAL = {"-v": "--verbose", "-q": "--quiet", "-n": "--no-launch", "-d": "--distribution"}
+_CANONICAL = {
+    "-v": "--verbose",
+    "-q": "--quiet",
+    "-n": "--no-launch",
+    "-d": "--distribution",
+    "-o": "--online",
+}
 SHELL_TYPES = ("standard", "login", "none")
 
 
@@ -171,9 +177,17 @@ def parse(argv: list[str]) -> Parsed:
             continue
         action = _ACTION_BY_OPTION.get(arg)
         if action is not None:
-            if launch.distribution is not None and action not in ("install",):
+            if launch.distribution is not None and action != "install":
                 raise UsageError(f"{arg} cannot be combined with --distribution")
-            return Parsed(_management(action, argv[i + 1 :]), for_user, debug)
+            request = _management(action, argv[i + 1 :])
+            # `lxss -d NAME --install` means `--install NAME`, as it reads.
+            chosen = launch.distribution
+            if (
+                chosen is not None
+                and request.options.setdefault("--distribution", chosen) != chosen
+            ):
+                raise UsageError("the distribution is already set")
+            return Parsed(request, for_user, debug)
         if arg.startswith("-"):
             raise UsageError(f"unknown option {arg!r}")
         launch.command = argv[i:]
