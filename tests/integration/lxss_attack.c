@@ -278,6 +278,38 @@ static int do_fds(void) {
 }
 
 /*
+ * The controlling terminal: this process's tty_nr (/proc/self/stat, field 7), then
+ * /dev/tty opened, a keystroke pushed into its input with TIOCSTI, and a read of what
+ * is typed on it. With no controlling terminal, /dev/tty refuses to open (ENXIO).
+ */
+static int do_ctty(void) {
+    char stat[1024];
+    int fd = open("/proc/self/stat", O_RDONLY);
+    ssize_t n = fd < 0 ? -1 : read(fd, stat, sizeof stat - 1);
+    if (fd >= 0)
+        close(fd);
+    stat[n < 0 ? 0 : n] = 0;
+    char *rest = strrchr(stat, ')');
+    int tty_nr = -1;
+    if (rest == NULL || sscanf(rest + 2, "%*c %*d %*d %*d %d", &tty_nr) != 1)
+        tty_nr = -1;
+    printf("ctty_nr: %d\n", tty_nr);
+    int tty = open("/dev/tty", O_RDWR | O_NONBLOCK | O_NOCTTY);
+    report("open_tty", tty);
+    if (tty < 0)
+        return 0;
+    const char *keys = "echo lxss-injected\n";
+    long r = 0;
+    for (const char *k = keys; *k && r == 0; k++)
+        r = ioctl(tty, TIOCSTI, k);
+    report("tiocsti", r);
+    char buffer[64];
+    report("read_tty", read(tty, buffer, sizeof buffer));
+    close(tty);
+    return 0;
+}
+
+/*
  * Connect to a Unix socket and send COUNT pseudo-random garbage messages, each
  * NUL-terminated, reconnecting whenever the peer closes. Prints how many were sent,
  * how many replies came back and how many times the peer hung up.
@@ -371,6 +403,8 @@ int main(int argc, char **argv) {
                             (ino_t)strtoull(argv[3], NULL, 10), atoi(argv[4]));
     if (!strcmp(c, "fds") && argc == 2)
         return do_fds();
+    if (!strcmp(c, "ctty") && argc == 2)
+        return do_ctty();
     if (!strcmp(c, "garbage") && argc == 5)
         return do_garbage(argv[2], atoi(argv[3]), (unsigned)atoi(argv[4]));
     return usage();

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import _socket
 import errno
 import os
-import select
 import time
 
+from lxss import sdnotify
 from lxss.api.client import Client, socket_path
 from lxss.bootstrap import bootstrap_argv
 from lxss.errors import LxssError
@@ -25,43 +24,30 @@ def lxss_argv() -> list[str]:
 
 
 def _start_service() -> None:
-    """Start lxssd and wait until it says it is ready (or has exited) within START_TIMEOUT.
+    """Start lxssd and wait until it says it is ready (or has exited) within START_TIMEOUT
+    (if it exited, another lxssd won the race to start, say: the caller's connection
+    attempts say which).
 
     lxssd speaks sd_notify(3) already; the address given to it here is a socket of ours, so
     the wait ends the moment the service listens, with no polling. posix_spawn, not
-    subprocess: the subprocess module alone costs ~10 ms to import.
+    subprocess: the subprocess module alone costs ~10 ms to import. In a session of its
+    own, without our terminal (lxssd detaches itself anyway).
     """
     runtime_dir = os.path.dirname(socket_path())
     os.makedirs(runtime_dir, 0o755, exist_ok=True)
     log_file = os.path.join(runtime_dir, "lxssd.log")
-    notify = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    notify, address = sdnotify.listener()
     try:
-        notify.bind(f"\0lxss-start-{os.getpid()}-{os.urandom(8).hex()}")
-        address = "@" + notify.getsockname()[1:].decode()
         argv = bootstrap_argv("lxss.service.main", "--log-file", log_file)
         null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
         environment = {**os.environ, "NOTIFY_SOCKET": address}
         pid = os.posix_spawn(argv[0], argv, environment, file_actions=null, setsid=True)
-        _wait_ready(notify, pid)
+        try:
+            sdnotify.wait_ready(notify, pid, START_TIMEOUT)
+        except TimeoutError:
+            pass  # the connection attempts that follow say what is wrong
     finally:
         notify.close()
-
-
-def _wait_ready(notify: _socket.socket, pid: int) -> None:
-    """Until lxssd sends READY=1 or exits (another lxssd won the race to start, say: the
-    caller's connection attempts say which), at most START_TIMEOUT."""
-    exited = os.pidfd_open(pid)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([notify.fileno(), exited], [], [], left)
-            if exited in ready:
-                os.waitpid(pid, 0)
-                return
-            if notify.fileno() in ready and b"READY=1" in notify.recv(4096).split(b"\n"):
-                return
-    finally:
-        os.close(exited)
 
 
 def connect(timeout: float = 30.0) -> Client:

@@ -156,6 +156,9 @@ def spawn_mapped(
             stderr=stderr,
             env=child_env,
             cwd="/",
+            # A session of its own, so no terminal of the service's can ever be a
+            # distribution's: the helper and all it starts have no controlling terminal.
+            start_new_session=True,
         )
     except BaseException:
         for fd in (ready_r, go_w):

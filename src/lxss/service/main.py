@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 
-from lxss import __version__
+from lxss import __version__, sdnotify
 from lxss.api.interface import INTERFACE_FILE
 from lxss.api.server import VarlinkServer
 from lxss.service import registry, runtime
@@ -29,6 +29,8 @@ from lxss.service.settings import Settings
 log = logging.getLogger("lxssd")
 
 USAGE = "usage: lxssd [--systemd] [--log-file PATH] [--debug]"
+
+START_TIMEOUT = 60.0  # for the service to become ready, as its foreground parent waits
 
 
 class _JournalFormatter(logging.Formatter):
@@ -80,24 +82,64 @@ def _listening_socket(settings: Settings, systemd: bool) -> socket.socket:
     return sock
 
 
-# sd_notify(3)'s socket: systemd's, or that of the `lxss` command that started us on demand
-# and waits for READY=1. Taken out of the environment at start, so that no process of the
-# service (a utility VM, say) inherits it.
+# sd_notify(3)'s socket: systemd's, that of the `lxss` command that started us on demand,
+# or our own foreground parent's (see _detach). Taken out of the environment at start, so
+# that no process of the service (a utility VM, say) inherits it.
 _notify_address: str | None = None
 
 
 def _notify_systemd(state: str) -> None:
-    address = _notify_address
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    # Best effort, as sd_notify is: the `lxss` that started us is gone by the time we stop.
-    with (
-        contextlib.suppress(OSError),
-        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s,
-    ):
-        s.sendto(state.encode(), address)
+    sdnotify.send(_notify_address, state)
+
+
+def _has_controlling_terminal() -> bool:
+    with open("/proc/self/stat", encoding="ascii") as f:
+        return int(f.read().rpartition(") ")[2].split()[4]) != 0  # field 7, tty_nr
+
+
+def _detach(settings: Settings, log_file: str | None) -> str | None:
+    """Leave the terminal we may have been started from, whoever started us; the log
+    file to use (None: keep stderr, a file or systemd's journal).
+
+    A terminal kept as our controlling terminal would be every distribution's too: its
+    `[boot] command` could push keystrokes into the admin's root shell (TIOCSTI) or read
+    what they type. So unless we already lead a session of our own without a terminal (as
+    systemd, `lxss` on demand and the test harness start us), we fork: the child starts a
+    new session (which has no controlling terminal) and serves; the parent, still in the
+    admin's foreground, waits for its READY=1 and exits, saying where the service logs.
+    """
+    if os.getsid(0) != os.getpid() or _has_controlling_terminal():
+        log_file = log_file or os.path.join(settings.runtime_dir, "lxssd.log")
+        notify, address = sdnotify.listener()
+        pid = os.fork()
+        if pid == 0:
+            notify.close()
+            os.setsid()
+            global _notify_address
+            _notify_address = address
+        else:
+            try:
+                code = sdnotify.wait_ready(notify, pid, START_TIMEOUT)
+            except TimeoutError as e:
+                print(f"lxssd: not ready yet ({e}); see {log_file}", file=sys.stderr)
+                os._exit(1)
+            if code is None:
+                print(f"lxssd: serving as pid {pid}; log: {log_file}", file=sys.stderr)
+            else:
+                print(f"lxssd: stopped as it started; see {log_file}", file=sys.stderr)
+            os._exit(code or 0)  # the child's, not ours to unwind: nothing else runs here
+    # No standard stream stays on a terminal: stdin is /dev/null, stdout and stderr the log.
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.close(null)
+    if log_file is None and (os.isatty(1) or os.isatty(2)):
+        log_file = os.path.join(settings.runtime_dir, "lxssd.log")
+    if log_file is not None:
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    return log_file
 
 
 def _acquire_instance_lock(settings: Settings) -> int:
@@ -184,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir("/")  # a daemon holds no directory busy (`lxss` may start us from anywhere)
     settings = Settings.from_environment()
     os.makedirs(settings.runtime_dir, 0o755, exist_ok=True)
+    log_file = _detach(settings, log_file)
     _configure_logging(debug, log_file)
     lock = _acquire_instance_lock(settings)
     try:
