@@ -7,7 +7,9 @@ distributions the test controls entirely (root's is shared with other tests).
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,7 +262,10 @@ def test_list_options(service: Service, tarball: Path, home: Path) -> None:
 def test_version_and_help(service: Service) -> None:
     for flag in ("--version", "-v"):
         result = service.ok(flag)
-        assert (result.out, result.err) == (f"lxss {lxss.__version__}\n", "")
+        python = ".".join(map(str, sys.version_info[:3]))
+        expected = (f"lxss version: {lxss.__version__}\nKernel version: {os.uname().release}\n"
+                    f"Python version: {python}\n")  # fmt: skip
+        assert (result.out, result.err) == (expected, "")
     for flag in ("--help", "-h"):
         result = service.ok(flag)
         assert result.out.startswith("Usage: lxss ")

@@ -134,9 +134,11 @@ def _drain(master: int, until: bytes, timeout: float) -> bytes:
 
 
 def _on_pty(
-    service: Service, *args: str, stdout: int | None = None
+    service: Service, *args: str, stdout: int | None = None, typed: bytes = b""
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """lxss on a new pty; *typed* is typed on it before lxss starts (typeahead)."""
     master, slave = pty.openpty()
+    os.write(master, typed)
     try:
         proc = subprocess.Popen(
             [*LXSS, *args], env=service.env, stdin=slave,
@@ -158,6 +160,23 @@ def test_exit_status_and_output_through_a_pty(service: Service, busybox: str) ->
             proc.wait()
         os.close(master)
     assert b"on-the-pty\r\n" in output
+
+
+def test_keys_typed_before_the_program_starts_reach_it(service: Service, busybox: str) -> None:
+    # Typed (or pasted) while lxss and the distribution were still starting: ssh keeps such
+    # keys, and so must the switch of the caller's terminal to raw mode (no flush).
+    typed = b"typed-ahead\n"
+    script = "read -r line; echo got=$line; exit 3"
+    proc, master = _on_pty(service, "-d", busybox, "--", script, typed=typed)
+    try:
+        output = _drain(master, b"got=typed-ahead", 30)
+        assert proc.wait(20) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert b"got=typed-ahead\r\n" in output
 
 
 def test_a_terminal_stdin_with_a_pipe_stdout(service: Service, busybox: str) -> None:

@@ -147,7 +147,8 @@ def test_bootstrap_argv_runs_a_module(tmp_path: Path) -> None:
     argv = bootstrap.bootstrap_argv("lxss.cli.main", "--version")
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
                             cwd=tmp_path, env={"PATH": os.environ.get("PATH", "")})  # fmt: skip
-    assert (result.returncode, result.stdout) == (0, f"lxss {lxss.__version__}\n")
+    assert (result.returncode, result.stdout) == (0, cli_main.version_text())
+    assert result.stdout.startswith(f"lxss version: {lxss.__version__}\n")
 
 
 def test_one_bootstrap_for_client_and_service() -> None:
@@ -164,7 +165,7 @@ def test_one_bootstrap_for_client_and_service() -> None:
 @pytest.mark.parametrize(
     ("argv", "code", "stdout", "stderr"),
     [
-        (["--version"], 0, f"lxss {lxss.__version__}\n", ""),
+        (["--version"], 0, cli_main.version_text(), ""),
         (["--no-such-option"], 255, "", "lxss: "),
     ],
 )

@@ -439,3 +439,18 @@ def test_importing_the_protocol_stays_light() -> None:
         [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_closed_streams_carry_no_descriptor() -> None:
+    """A stream the caller closed is neither passed nor served by the console."""
+    flags = InitCreateProcess.STDIN_CLOSED | InitCreateProcess.STDERR_CONSOLE
+    message = InitCreateProcess(
+        rows=24, columns=80, flags=flags,
+        shell_options=0, default_uid=0, filename=None, cwd=None, username=None, command_line=(),
+        environment=(), distribution_name="d", host_cwd=None,
+    )  # fmt: skip
+    fds = CreateProcessFds(control=3, lifetime=4, console=5, stdin=None, stdout=6, stderr=None)
+    assert message.order_fds(fds) == [3, 4, 5, 6]
+    assert message.name_fds([3, 4, 5, 6]) == fds
+    with pytest.raises(ValueError, match="must not have stdin"):
+        message.order_fds(CreateProcessFds(3, 4, console=5, stdin=7, stdout=6, stderr=None))

@@ -14,9 +14,9 @@ name it registered. On failure it raises, leaving nothing registered and no part
 from __future__ import annotations
 
 import os
-import sys
 
 from lxss.cli import manage as commands
+from lxss.cli import streams
 from lxss.cli.errors import CommandError
 from lxss.cli.parse import Launch, Management, UsageError
 from lxss.cli.service import connect
@@ -128,7 +128,7 @@ def install(request: Management, for_uid: int | None) -> int:
         return 0
     from lxss.cli.launch import launch
 
-    sys.stdout.flush()
+    streams.flush()
     shell = Launch()
     shell.distribution = name
     return launch(shell, for_uid)

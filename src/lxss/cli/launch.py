@@ -21,10 +21,10 @@ import _socket
 import fcntl
 import os
 import select
-import sys
 import termios
 import time
 
+from lxss.cli import streams
 from lxss.cli.errors import CommandError
 from lxss.cli.manage import warn
 from lxss.cli.parse import Launch
@@ -135,10 +135,14 @@ class _Terminal:
         raw[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
         raw[6][termios.VMIN] = 1
         raw[6][termios.VTIME] = 0
-        termios.tcsetattr(fd, termios.TCSAFLUSH, raw)
+        # TCSANOW, not TCSAFLUSH: keys typed or pasted while the program was starting are
+        # the program's (ssh keeps them too); a flush would throw them away.
+        termios.tcsetattr(fd, termios.TCSANOW, raw)
 
     def restore(self) -> None:
-        termios.tcsetattr(self.fd, termios.TCSAFLUSH, self.saved)
+        # TCSADRAIN: what the program wrote is shown first; what was typed meanwhile stays
+        # for the caller's shell.
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
 
 class _Signals:
@@ -285,7 +289,9 @@ def launch(request: Launch, for_uid: int | None) -> int:
         params["console"] = len(fds)
         fds.append(console_remote.fileno())
     for name, fd in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
-        if not ttys[fd]:
+        if fd in streams.CLOSED:
+            params.setdefault("closed", []).append(name)
+        elif not ttys[fd]:
             params[name] = len(fds)
             fds.append(fd)
     client = connect()
@@ -303,7 +309,7 @@ def launch(request: Launch, for_uid: int | None) -> int:
             terminal = _Terminal(0)
         return _Session(ttys, control_sock, console_sock).run(signals)
     except LaunchError as e:
-        sys.stderr.write(f"lxss: {one_line(str(e))}\n")
+        streams.say(f"lxss: {one_line(str(e))}\n")
         return FAILURE
     finally:
         if terminal is not None:

@@ -11,6 +11,7 @@ import os
 import sys
 
 from lxss import __version__
+from lxss.cli import streams
 from lxss.cli.parse import Launch, Management, UsageError, parse
 
 TYPE_CHECKING = False
@@ -57,8 +58,19 @@ Manage distributions:
 def fail(message: str) -> int:
     from lxss.text import one_line  # only failures pay for it
 
-    sys.stderr.write(f"lxss: {one_line(message)}\n")
+    streams.say(f"lxss: {one_line(message)}\n")
     return FAILURE
+
+
+def version_text() -> str:
+    """What `lxss --version` prints: each component lxss runs with on a line of its own, as
+    wsl.exe lists its components. (A QEMU line belongs here once version 2 has a backend.)"""
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    return (
+        f"lxss version: {__version__}\n"
+        f"Kernel version: {os.uname().release}\n"
+        f"Python version: {python}\n"
+    )
 
 
 def _uid_of(user: str | None) -> int | None:
@@ -94,10 +106,10 @@ def _dispatch(request: Launch | Management, for_uid: int | None) -> int:
 
         return launch(request, for_uid)
     if request.action == "help":
-        sys.stdout.write(USAGE)
+        streams.write(USAGE)
         return 0
     if request.action == "version":
-        sys.stdout.write(f"lxss {__version__}\n")
+        streams.write(version_text())
         return 0
     if request.action == "install":
         from lxss.cli.install import install
@@ -115,11 +127,16 @@ def _dispatch(request: Launch | Management, for_uid: int | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    streams.occupy_standard_fds()
     debug = False  # until parsed: "--debug" may be a word of the user's own command
     try:
         parsed = parse(args)
         debug = parsed.debug
-        return _dispatch(parsed.request, _uid_of(parsed.for_user))
+        code = _dispatch(parsed.request, _uid_of(parsed.for_user))
+        streams.flush()
+        return code
+    except streams.OutputError as e:
+        return fail(str(e))
     except UsageError as e:
         return fail(f"{e} (see: lxss --help)")
     except KeyboardInterrupt:
@@ -143,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         try:
             sys.stdout.flush()
-        except BrokenPipeError:
-            # Nobody reads our output any more; don't let Python complain at exit.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            # Said above when it mattered; what is left must not make Python complain at exit.
+            streams.discard_stdout()
 
 
 def run() -> NoReturn:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import sys
 
 from lxss.api.client import Client
+from lxss.cli import streams
 from lxss.cli.errors import CommandError
 from lxss.cli.parse import Management
 
@@ -24,7 +24,7 @@ LONG_CALL = 6 * 3600.0  # imports and exports of big trees on slow disks
 
 
 def out(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    streams.write(text + "\n")
 
 
 def warn(lines: list[str]) -> None:
@@ -36,7 +36,7 @@ def warn(lines: list[str]) -> None:
     from lxss.text import one_line
 
     for line in lines:
-        sys.stderr.write(f"lxss: warning: {one_line(line)}\n")
+        streams.say(f"lxss: warning: {one_line(line)}\n")
 
 
 def parse_version(value: str | bool | None) -> int | None:

@@ -68,16 +68,20 @@ def set_window_size(fd: int, rows: int, columns: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
 
 
-def _exec_program(plan: Plan, streams: list[int], controlling_tty: int | None) -> None:
+def _exec_program(plan: Plan, streams: list[int | None], controlling_tty: int | None) -> None:
     """In the forked child: become the program. Never returns."""
     try:
         os.setsid()
         if controlling_tty is not None:
             fcntl.ioctl(controlling_tty, termios.TIOCSCTTY, 0)
-        # Move the streams out of the way first: a passed fd may sit at 0, 1 or 2.
-        high = [os.dup(fd) for fd in streams]
+        # Move the streams out of the way first (above 2): a passed fd may sit at 0, 1 or 2.
+        high = [None if fd is None else fcntl.fcntl(fd, fcntl.F_DUPFD, 3) for fd in streams]
         for target, fd in enumerate(high):
-            os.dup2(fd, target)
+            if fd is None:
+                with contextlib.suppress(OSError):  # not open here either
+                    os.close(target)  # the caller's stream was closed: so is the program's
+            else:
+                os.dup2(fd, target)
         os.closerange(3, 1 << 20)
         for sig in range(1, signal.NSIG):
             with contextlib.suppress(OSError, ValueError, RuntimeError):
@@ -90,18 +94,24 @@ def _exec_program(plan: Plan, streams: list[int], controlling_tty: int | None) -
         try:
             os.chdir(plan.cwd)
         except OSError as e:
-            os.write(2, f"lxss: warning: cannot enter {plan.cwd}: {e.strerror}\n".encode())
+            _say(f"lxss: warning: cannot enter {plan.cwd}: {e.strerror}\n")
             with contextlib.suppress(OSError):
                 os.chdir(plan.user.home)
         try:
             os.execvpe(plan.executable, plan.argv, plan.environment)
         except OSError as e:
-            os.write(2, f"lxss: {plan.executable}: {e.strerror}\n".encode())
+            _say(f"lxss: {plan.executable}: {e.strerror}\n")
             os._exit(127 if e.errno in (errno.ENOENT, errno.ENOTDIR) else 126)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.write(2, f"lxss: cannot start {plan.executable}: {e}\n".encode())
+        _say(f"lxss: cannot start {plan.executable}: {e}\n")
     os._exit(126)
+
+
+def _say(text: str) -> None:
+    """In the forked child: a line on the program's stderr, if it has one (it may be closed,
+    as the caller's was)."""
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode(errors="surrogateescape"))
 
 
 class Relay:
@@ -128,10 +138,10 @@ class Relay:
             set_window_size(self.master, self.message.rows or 24, self.message.columns or 80)
             tty_group = self.plan.user.gid
             os.fchown(slave, self.plan.user.uid, tty_group)
-        streams = []
+        streams: list[int | None] = []
         for flag, name in _STANDARD:
             fd = slave if flags & flag else getattr(self.fds, name)
-            assert fd is not None
+            assert fd is not None or flags & (flag << 3)  # STD*_CONSOLE << 3 is STD*_CLOSED
             streams.append(fd)
         self.child = os.fork()  # OSError (EAGAIN at the pids limit) goes to the caller
         if self.child == 0:

@@ -132,7 +132,9 @@ class InitCreateProcess(Message):
     """Service -> session leader: launch one program through a new relay.
 
     Descriptors, in order: ``control``, ``lifetime``, then ``console`` if any ``*_CONSOLE`` flag
-    is set, then ``stdin``, ``stdout``, ``stderr`` for each stream whose flag is *not* set.
+    is set, then ``stdin``, ``stdout``, ``stderr`` for each stream with neither its
+    ``*_CONSOLE`` nor its ``*_CLOSED`` flag set. A closed stream (the caller's was closed) is
+    closed for the program too.
     :meth:`name_fds` names them; :meth:`order_fds` lays them out.
     """
 
@@ -141,12 +143,15 @@ class InitCreateProcess(Message):
     STDOUT_CONSOLE: ClassVar[int] = 0x2
     STDERR_CONSOLE: ClassVar[int] = 0x4
     CONSOLE_FLAGS: ClassVar[int] = 0x7
+    STDIN_CLOSED: ClassVar[int] = 0x8
+    STDOUT_CLOSED: ClassVar[int] = 0x10
+    STDERR_CLOSED: ClassVar[int] = 0x20
     SHELL_LOGIN: ClassVar[int] = 0x1  # run the user's shell as a login shell
     SHELL_NONE: ClassVar[int] = 0x2  # exec filename directly; no shell wraps the command line
 
     rows: U16  # initial terminal size, when a stream is a console
     columns: U16
-    flags: U32  # *_CONSOLE bits
+    flags: U32  # *_CONSOLE and *_CLOSED bits (at most one of the two for each stream)
     shell_options: U32  # SHELL_* bits
     default_uid: U32  # used when username is None
     filename: Str  # the program; None means the user's shell
@@ -164,9 +169,9 @@ class InitCreateProcess(Message):
         """The optional descriptor roles in wire order, each with whether the flags need it."""
         return [
             ("console", bool(self.flags & self.CONSOLE_FLAGS)),
-            ("stdin", not self.flags & self.STDIN_CONSOLE),
-            ("stdout", not self.flags & self.STDOUT_CONSOLE),
-            ("stderr", not self.flags & self.STDERR_CONSOLE),
+            ("stdin", not self.flags & (self.STDIN_CONSOLE | self.STDIN_CLOSED)),
+            ("stdout", not self.flags & (self.STDOUT_CONSOLE | self.STDOUT_CLOSED)),
+            ("stderr", not self.flags & (self.STDERR_CONSOLE | self.STDERR_CLOSED)),
         ]
 
     def name_fds(self, fds: Sequence[int]) -> CreateProcessFds:

@@ -412,15 +412,12 @@ class Runtime:
         try:
             if fds["control"] is None:
                 raise errors.InvalidParameter(parameter="control")
-            flags = 0
-            for flag, name in ((1, "stdin"), (2, "stdout"), (4, "stderr")):
-                if fds[name] is None:
-                    flags |= flag
-            if flags and fds["console"] is None:
+            flags = _stream_flags(fds, p.get("closed") or [])
+            if flags & m.InitCreateProcess.CONSOLE_FLAGS and fds["console"] is None:
                 raise errors.InvalidArgument(
                     parameter="console", reason="needed for every stream not passed as an fd"
                 )
-            if not flags and fds["console"] is not None:
+            if not flags & m.InitCreateProcess.CONSOLE_FLAGS and fds["console"] is not None:
                 os.close(fds["console"])
                 fds["console"] = None
             self._check_encodable(call, flags)  # before anything starts for nothing
@@ -555,6 +552,30 @@ class Runtime:
             if self._vm_idle is not None:
                 self._vm_idle.cancel()
                 self._vm_idle = None
+
+
+_STREAMS = (
+    ("stdin", m.InitCreateProcess.STDIN_CONSOLE, m.InitCreateProcess.STDIN_CLOSED),
+    ("stdout", m.InitCreateProcess.STDOUT_CONSOLE, m.InitCreateProcess.STDOUT_CLOSED),
+    ("stderr", m.InitCreateProcess.STDERR_CONSOLE, m.InitCreateProcess.STDERR_CLOSED),
+)
+
+
+def _stream_flags(fds: dict[str, int | None], closed: list[str]) -> int:
+    """InitCreateProcess's stream flags: each stream the caller closed is closed, each other
+    one without an fd is served by the console."""
+    unknown = set(closed) - {name for name, _, _ in _STREAMS}
+    if unknown:
+        raise errors.InvalidArgument(parameter="closed", reason=f"not a stream: {min(unknown)}")
+    flags = 0
+    for name, console, closed_flag in _STREAMS:
+        if name in closed:
+            if fds[name] is not None:
+                raise errors.InvalidArgument(parameter="closed", reason=f"{name} has an fd")
+            flags |= closed_flag
+        elif fds[name] is None:
+            flags |= console
+    return flags
 
 
 def _failure_step(number: int) -> str:
