@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from lxss.cli.launch import _join_command
-from lxss.cli.parse import Launch, Management, UsageError, parse
+from lxss.cli.parse import Launch, Management, UsageError, is_guid, parse
 
 SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+GUID = "0b3c6d3e-5f41-4c2a-9e1d-7a8b9c0d1e2f"
 
 
 def management(argv: list[str]) -> Management:
@@ -110,6 +113,11 @@ def test_leading_options_before_an_action() -> None:
         (["-d", "x", "-d", "y"], "the distribution is already set"),
         (["-d", "x", "--install", "-d", "y"], "the distribution is already set"),
         (["-d"], "option -d needs a value"),
+        (["--distribution-id", "debian"],
+         "--distribution-id needs a GUID, not 'debian' (names go to -d)"),
+        (["--distribution-id", GUID[:-1]],
+         f"--distribution-id needs a GUID, not '{GUID[:-1]}' (names go to -d)"),
+        ([GUID, "-d", "x"], "the distribution is already set"),
         (["--for-user"], "option --for-user needs a value"),
         (["--cd"], "option --cd needs a value"),
         (["-e"], "-e needs a command"),
@@ -138,6 +146,35 @@ def test_no_arguments_is_a_login_shell_in_the_default() -> None:
     assert (request.distribution, request.command, request.exec_mode) == (None, [], False)
 
 
+@pytest.mark.parametrize(
+    ("text", "guid"),
+    [(GUID, True), (GUID.upper(), True), ("{" + GUID + "}", True), (GUID.replace("-", ""), False),
+     ("{" + GUID, False), (GUID[:-1] + "g", False), ("debian", False), ("", False),
+     ("urn:uuid:" + GUID, False)],
+)  # fmt: skip
+def test_is_guid_reads_guids_as_wsl_does(text: str, guid: bool) -> None:
+    assert is_guid(text) is guid
+
+
+@pytest.mark.parametrize(
+    ("argv", "distribution", "cwd", "command"),
+    [
+        (["~"], None, "~", []),
+        (["~", "ls", "-l"], None, "~", ["ls", "-l"]),
+        ([GUID], GUID, None, []),
+        ([GUID, "~", "-u", "root", "pwd"], GUID, "~", ["pwd"]),
+        (["~", GUID], None, "~", [GUID]),  # the GUID comes first or is a command
+        (["ls", "~"], None, None, ["ls", "~"]),
+        (["--", "~"], None, None, ["~"]),
+    ],
+)  # fmt: skip
+def test_leading_guid_and_tilde(
+    argv: list[str], distribution: str | None, cwd: str | None, command: list[str]
+) -> None:
+    request = launch(argv)
+    assert (request.distribution, request.cwd, request.command) == (distribution, cwd, command)
+
+
 def test_launch_options() -> None:
     request = launch(["-d", "deb", "-u", "root", "--cd", "~", "--shell-type", "login", "make",
                       "-j", "4"])  # fmt: skip
@@ -145,8 +182,8 @@ def test_launch_options() -> None:
         "deb", "root", "~", "login",
     )  # fmt: skip
     assert request.command == ["make", "-j", "4"]
-    for spelling in ("--distribution", "--distribution-id"):
-        assert launch([spelling, "x"]).distribution == "x"
+    assert launch(["--distribution", "x"]).distribution == "x"
+    assert launch(["--distribution-id", GUID]).distribution == GUID
     assert launch(["--user", "bob", "id"]).user == "bob"
 
 

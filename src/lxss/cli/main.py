@@ -21,12 +21,15 @@ if TYPE_CHECKING:
 FAILURE = 255
 
 USAGE = """\
-Usage: lxss [options] [--] [command ...]
+Usage: lxss [GUID] [~] [options] [--] [command ...]
 
 Run a program in a Linux distribution:
   lxss [command ...]              run command with $SHELL -c in the default distribution,
                                   or a login shell when no command is given
+  GUID                            (first) use the distribution with this GUID
+  ~                               (first, or after GUID) start in the home directory
   -d, --distribution NAME         use this distribution (name or GUID)
+  --distribution-id GUID          use the distribution with this GUID
   -u, --user USER                 run as this user
   --cd DIR                        start in DIR (a path inside the distribution, or ~)
   -e, --exec PROGRAM [ARGS ...]   run PROGRAM directly, without a shell

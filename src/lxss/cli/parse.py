@@ -119,6 +119,32 @@ def _management(action: str, argv: list[str]) -> Management:
     return Management(action, args, options)
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def is_guid(text: str) -> bool:
+    """Whether *text* is a GUID as wsl.exe reads one: 8-4-4-4-12 hex digits, bare or in
+    braces (uuid would cost the client an import for this)."""
+    if len(text) == 38 and text[0] == "{" and text[-1] == "}":
+        text = text[1:-1]
+    groups = text.split("-")
+    return [len(g) for g in groups] == [8, 4, 4, 4, 12] and all(set(g) <= _HEX for g in groups)
+
+
+def _leading_words(argv: list[str], launch: Launch) -> int:
+    """wsl.exe's two leading words, in this order, each optional: a distribution's GUID
+    (selects it, as --distribution-id does) and `~` (start in the home directory, as
+    --cd ~). Returns how many words they took."""
+    taken = 0
+    if argv and is_guid(argv[0]):
+        launch.distribution = argv[0]
+        taken = 1
+    if len(argv) > taken and argv[taken] == "~":
+        launch.cwd = "~"
+        taken += 1
+    return taken
+
+
 def _needs_value(argv: list[str], i: int) -> str:
     if i + 1 >= len(argv):
         raise UsageError(f"option {argv[i]} needs a value")
@@ -138,15 +164,21 @@ def parse(argv: list[str]) -> Parsed:
             raise UsageError("the distribution is already set")
         launch.distribution = value
 
+    def set_distribution_id(value: str) -> None:
+        if not is_guid(value):
+            raise UsageError(f"--distribution-id needs a GUID, not '{value}' (names go to -d)")
+        set_distribution(value)
+
     def set_shell_type(value: str) -> None:
         if value not in SHELL_TYPES:
             raise UsageError(f"--shell-type must be one of {', '.join(SHELL_TYPES)}")
         launch.shell_type = value
 
+    i = _leading_words(argv, launch)
     setters = {
         "-d": set_distribution,
         "--distribution": set_distribution,
-        "--distribution-id": set_distribution,
+        "--distribution-id": set_distribution_id,
         "-u": lambda v: setattr(launch, "user", v),
         "--user": lambda v: setattr(launch, "user", v),
         "--cd": lambda v: setattr(launch, "cwd", v),
