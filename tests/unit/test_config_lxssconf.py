@@ -13,6 +13,7 @@ from lxss.config.lxssconf import (
     LxssConfig,
     NetworkingMode,
     load_lxss_config,
+    read_catalog_urls,
     read_lxss_config,
 )
 
@@ -42,6 +43,8 @@ def test_keys() -> None:
         "wsl2.distributionStartTimeout",
         "wsl2.safeMode",
         "wsl2.pidsLimit",
+        "general.distributionListUrl",
+        "general.distributionListUrlAppend",
     ]
 
 
@@ -277,3 +280,19 @@ def test_read_uses_this_hosts_resources(tmp_path: Path) -> None:
     config, _ = read_lxss_config(None, str(tmp_path / "m"))
     assert config.memory_bytes > 0
     assert config.processors >= 1
+
+
+def test_catalog_urls_come_from_the_machines_file(tmp_path: Path) -> None:
+    conf = tmp_path / "lxss.conf"
+    assert read_catalog_urls(str(conf)) == ("", "", [])
+    conf.write_text(
+        "[general]\ndistributionListUrl=https://example.test/c.json\n"
+        "distributionListUrlAppend = file:///srv/mine.json\n[wsl2]\nmemory=4GB\n"
+    )
+    assert read_catalog_urls(str(conf)) == (
+        "https://example.test/c.json", "file:///srv/mine.json", [],
+    )  # fmt: skip
+    conf.write_text("[general]\ndistributionListUrl=x\nbogus=1\n")
+    main, append, warnings = read_catalog_urls(str(conf))
+    assert (main, append) == ("x", "")
+    assert [str(w) for w in warnings] == [f"Unknown key 'general.bogus' in {conf}:3"]

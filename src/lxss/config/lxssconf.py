@@ -73,6 +73,10 @@ KERNEL_BOOT_TIMEOUT: Final = Key("wsl2.kernelBootTimeout", _INT, 30000)
 DISTRIBUTION_START_TIMEOUT: Final = Key("wsl2.distributionStartTimeout", _INT, 60000)
 SAFE_MODE: Final = Key("wsl2.safeMode", _BOOL, False)
 PIDS_LIMIT: Final = Key("wsl2.pidsLimit", _INT, 4096)  # lxss: not a WSL key
+# The distribution catalogs (WSL: the DistributionListUrl and DistributionListUrlAppend values
+# of its machine registry key). Read by the lxss client, from the machine's file only.
+DISTRIBUTION_LIST_URL: Final = Key("general.distributionListUrl", _STRING, "")
+DISTRIBUTION_LIST_URL_APPEND: Final = Key("general.distributionListUrlAppend", _STRING, "")
 
 LXSS_CONF_SCHEMA: Final = Schema(
     (
@@ -88,6 +92,8 @@ LXSS_CONF_SCHEMA: Final = Schema(
         DISTRIBUTION_START_TIMEOUT,
         SAFE_MODE,
         PIDS_LIMIT,
+        DISTRIBUTION_LIST_URL,
+        DISTRIBUTION_LIST_URL_APPEND,
     )
 )
 
@@ -187,6 +193,20 @@ def read_lxss_config(
         host_cpus if host_cpus is not None else (os.cpu_count() or 1),
     )
     return config, warnings + parse_warnings
+
+
+def read_catalog_urls(
+    machine_path: str = MACHINE_CONFIG_PATH,
+) -> tuple[str, str, list[ConfigWarning]]:
+    """The machine's distributionListUrl and distributionListUrlAppend ("" when not set).
+
+    Machine-wide, as WSL keeps them in its machine registry key: an administrator chooses
+    the catalog for everyone (a user's own catalog is `--from-file` or `--import` away).
+    """
+    text, warnings = read_config_text(machine_path)
+    values, parse_warnings = _parse(text, machine_path)
+    urls = get_str(values, DISTRIBUTION_LIST_URL), get_str(values, DISTRIBUTION_LIST_URL_APPEND)
+    return *urls, warnings + parse_warnings
 
 
 def _parse(text: str | None, filename: str) -> tuple[dict[str, Value], list[ConfigWarning]]:
