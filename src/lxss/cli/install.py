@@ -4,7 +4,9 @@ distribution, then its shell; and --manage.
 What `lxss --install SOURCE` does is chosen by `INSTALLERS`, a table from the form of SOURCE
 to the function that installs it, named as "module:function" so that only the chosen one is
 imported (the client stays lean). The first row that matches wins; a SOURCE no row matches
-is for `CATALOG`. `--from-file FILE` installs a local image and takes no SOURCE.
+is a name in the distribution catalog (lxss.cli.catalog_install), the way `wsl --install NAME`
+reads it, and no SOURCE at all is the catalog's Default. `--from-file FILE` installs a local
+image and takes no SOURCE.
 
 An installer gets the SOURCE as typed and an `InstallTarget` (the name, location and version
 the user asked for, each None when not given), registers the distribution, and returns the
@@ -32,7 +34,7 @@ INSTALLERS: tuple[tuple[str, str, str], ...] = (
     ("busybox", "lxss.cli.install:install_builtin", "busybox"),
 )
 FROM_FILE = "lxss.cli.install:install_file"  # --from-file FILE
-CATALOG = "lxss.cli.install:install_unknown"  # any other SOURCE, and none
+CATALOG = "lxss.cli.catalog_install:install_from_catalog"  # any other SOURCE, and none
 
 
 class InstallTarget:
@@ -137,13 +139,6 @@ def install(request: Management, for_uid: int | None) -> int:
 def install_builtin(source: str, target: InstallTarget) -> str:
     """A distribution lxss builds itself from the host's files (busybox)."""
     return target.register(source, builtin=source)
-
-
-def install_unknown(source: str, target: InstallTarget) -> str:
-    """A SOURCE no installer takes."""
-    if not source:
-        raise CommandError(f"name what to install: lxss --install {installable()}")
-    raise CommandError(f"'{source}' cannot be installed; lxss can install: {installable()}")
 
 
 def default_name_of_file(path: str) -> str:

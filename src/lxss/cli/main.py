@@ -37,7 +37,12 @@ Run a program in a Linux distribution:
   --                              everything after this is the command
 
 Manage distributions:
-  --install [busybox] [--name NAME] [--location DIR] [--version 1|2] [--no-launch]
+  --install [NAME] [--name NAME] [--location DIR] [--version 1|2] [--no-launch] [-q]
+                                  install NAME from the distribution catalog (none: its
+                                  Default) or a built-in (busybox), then start its shell
+  --install --from-file FILE [--name NAME] ...
+                                  install a local image (.wsl or a rootfs tarball)
+  -l, --list --online [-q]        what the catalog offers (/etc/lxss.conf: distributionListUrl)
   --import NAME DIR FILE|- [--version 1|2]
                                   register a distribution from a tar archive (tar, tar.gz,
                                   tar.xz, tar.zst, .wsl), installed in DIR; - reads stdin
@@ -118,6 +123,10 @@ def _dispatch(request: Launch | Management, for_uid: int | None) -> int:
         from lxss.cli.install import install
 
         return install(request, for_uid)
+    if request.action == "list" and request.options.get("--online"):
+        from lxss.cli.catalog_install import list_online
+
+        return list_online(request.options)
     if request.action == "manage":
         from lxss.cli.install import manage_distribution
 
