@@ -72,16 +72,24 @@ def test_percent_reaches_100_only_at_the_end() -> None:
 
 def test_bar_line_fits_its_width() -> None:
     mib = 2**20
-    for width in (20, 40, 60, 79, 200):
-        line = bar_line("Downloading Debian", 10 * mib, 40 * mib, 2 * mib, width, None)
-        assert len(line) <= width or "[" not in line, line
-    wide = bar_line("Downloading Debian", 10 * mib, 40 * mib, 2 * mib, 200, None)
-    assert wide.startswith("Downloading Debian  [##########" + "." * 30 + "]   25%  ")
-    assert wide.endswith("10.0 MiB of 40.0 MiB, 2.0 MiB/s, 0:15 left")
-    narrow = bar_line("Downloading Debian", 10 * mib, 40 * mib, 2 * mib, 50, None)
-    assert "[" not in narrow and " 25%" in narrow and len(narrow) <= 50
-    unknown = bar_line("Downloading", 10 * mib, None, None, 80, None)
-    assert unknown == "Downloading  10.0 MiB"
+    label = "Downloading Debian GNU/Linux"
+    for width in (10, 20, 40, 60, 79, 200):
+        line = bar_line(label, 10 * mib, 40 * mib, 2 * mib, width, None)
+        assert len(line) <= width, (width, line)
+    wide = bar_line(label, 10 * mib, 40 * mib, 2 * mib, 200, None)
+    assert wide == (f"{label}  [##########{'.' * 30}]   25%  10.0 MiB / 40.0 MiB  2.0 MiB/s  "
+                    "ETA 0:15")  # fmt: skip
+    # 79 columns: no room for a bar, the whole label and the figures.
+    assert bar_line(label, 10 * mib, 40 * mib, 2 * mib, 79, None) == (
+        f"{label}   25%  10.0 MiB / 40.0 MiB  2.0 MiB/s  ETA 0:15"
+    )
+    # Narrower: the label gives way, never the figures.
+    narrow = bar_line(label, 10 * mib, 40 * mib, 2 * mib, 60, None)
+    assert narrow == "Downloading…   25%  10.0 MiB / 40.0 MiB  2.0 MiB/s  ETA 0:15"
+    assert bar_line("Downloading", 10 * mib, None, None, 80, None) == "Downloading  10.0 MiB"
+    assert bar_line("d", 3, 10, 1.0, 80, "packages").endswith(
+        " 30%  3 packages / 10 packages  1.0 packages/s  ETA 0:07"
+    )
 
 
 def _run(stream: _Stream, total: int | None, chunks: int, quiet: bool = False) -> str:
@@ -142,7 +150,7 @@ def test_a_terminal_redraws_in_place_at_most_ten_times_a_second() -> None:
     assert 2 <= draws <= 1000 * 0.01 * 10 + 3, draws
     assert text.endswith("\n") and text.count("\n") == 1
     last = text.rsplit("\r", 1)[1]
-    assert last.startswith("d  [") and " 100%  97.7 KiB of 97.7 KiB" in last
+    assert last.startswith("d  [") and " 100%  97.7 KiB / 97.7 KiB" in last
     assert "\x1b[K" in last
 
 

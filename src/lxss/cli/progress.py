@@ -10,7 +10,7 @@ alike. Usage::
 What it prints depends on where stderr goes:
 
 - a terminal: one line redrawn in place (at most ten times a second) with a bar, bytes done,
-  the total when known, the rate and the time left; the last drawing stays on screen;
+  the total when known, the rate and the time left (ETA); the last drawing stays on screen;
 - anything else (a log, a pipe, CI): one line at each tenth of the total, so a log
   shows how far a transfer got without a line per chunk (with no known total: only the
   final line);
@@ -92,26 +92,37 @@ def percent(done: int, total: int) -> int:
     return done * 100 // total
 
 
+def terminal_figures(done: int, total: int | None, rate: float | None, unit: str | None) -> str:
+    """The bar's compact figures: ``12.0 MiB / 27.4 MiB  5.1 MiB/s  ETA 0:03``."""
+    parts = [format_amount(done, unit) if total is None else
+             f"{format_amount(done, unit)} / {format_amount(total, unit)}"]  # fmt: skip
+    if rate is not None:
+        parts.append(format_rate(rate, unit))
+        if total is not None and rate > 0 and done < total:
+            parts.append(f"ETA {format_duration((total - done) / rate)}")
+    return "  ".join(parts)
+
+
 def bar_line(
     label: str, done: int, total: int | None, rate: float | None, width: int, unit: str | None
 ) -> str:
-    """The terminal's line, fitted into `width` columns: ``label [####....]  45%  figures``.
+    """The terminal's line, fitted into `width` columns: ``label  [####....]  45%  figures``.
 
-    With no total there is no bar, only the label and the figures. The bar shrinks to fit
-    and disappears when even a short one would not; the line is cut as a last resort.
+    With no total there is no bar and no percentage. When the line does not fit, the bar
+    goes first, then the label is shortened: the figures are what the user waits for.
     """
-    figures = describe(done, total, rate, unit)
-    if total is None:
-        return f"{label}  {figures}"[:width]
-    share = percent(done, total)
-    fixed = f"{label}  []  {share:3d}%  {figures}"
-    room = width - len(fixed)
-    if room < 10:
-        return f"{label}  {share:3d}%  {figures}"[:width]
-    room = min(room, 40)
-    filled = room * min(done, total) // total if total > 0 else room
-    bar = "#" * filled + "." * (room - filled)
-    return f"{label}  [{bar}]  {share:3d}%  {figures}"
+    figures = terminal_figures(done, total, rate, unit)
+    if total is not None:
+        figures = f"{percent(done, total):3d}%  {figures}"
+    room = width - len(label) - len(figures) - 6  # "  [" + "]  " around the bar
+    if total is not None and room >= 10:
+        room = min(room, 40)
+        filled = room * min(done, total) // total if total > 0 else room
+        return f"{label}  [{'#' * filled}{'.' * (room - filled)}]  {figures}"
+    room = width - len(figures) - 2
+    if len(label) > room:
+        label = label[: max(room - 1, 0)] + "…" if room > 1 else ""
+    return f"{label}  {figures}" if label else figures[:width]
 
 
 class Progress:
