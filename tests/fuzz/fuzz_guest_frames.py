@@ -144,7 +144,7 @@ def seeds() -> dict[str, bytes]:
         "invalid_bool": make_input(pack_header(76, 17) + b"\x02"),
         "invalid_string_offset": make_input(_patch(response, 24, 9999)),
         "invalid_string_without_nul": make_input(_patch(response[:-1], 4, len(response) - 1)),
-        "invalid_utf8": make_input(response[:28] + b"\xc3\x28" + response[30:]),
+        "valid_string_of_non_utf8_bytes": make_input(response[:28] + b"\xc3\x28" + response[30:]),
         "invalid_strs_count": make_input(_patch(warnings, 32, 1000)),
         "invalid_descriptor_count": make_input(
             m.encode(m.MiniInitLaunchInit("d", None, None, None, 0, 0)), fds=0

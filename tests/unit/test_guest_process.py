@@ -228,7 +228,18 @@ def test_unreachable_host_directory_falls_back_to_home(context: Context, tmp_pat
     mount = tmp_path / "mnt-host"
     mount.mkdir()
     ctx = dataclasses.replace(context, host_mount=str(mount))
-    assert plan(request(username="alice", host_cwd="/gone"), ctx).cwd == "/home/alice"
+    launched = plan(request(username="alice", host_cwd="/gone"), ctx)
+    assert launched.cwd == "/home/alice"
+    assert launched.warnings == (
+        f"cannot enter {mount}/gone (the host's /gone): not a directory the distribution can "
+        "see; starting in /home/alice",
+    )
+
+
+def test_no_warning_when_the_host_is_not_mounted_or_cd_is_given(context: Context) -> None:
+    assert plan(request(username="alice", host_cwd="/var/tmp"), context).warnings == ()
+    ctx = dataclasses.replace(context, host_mount="/nonexistent-mount")
+    assert plan(request(cwd="/tmp", host_cwd="/gone"), ctx).warnings == ()
 
 
 def test_cd_wins_over_the_host_directory(context: Context, tmp_path: Path) -> None:

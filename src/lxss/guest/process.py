@@ -66,6 +66,7 @@ class Plan:
     environment: dict[str, str] = field(default_factory=dict)
     cwd: str = "/"
     umask: int = 0o022
+    warnings: tuple[str, ...] = ()  # for the program's stderr, before it starts
 
 
 def choose_user(request: Request, context: Context) -> User:
@@ -97,16 +98,21 @@ def _expand_home(path: str, home: str) -> str:
     return path
 
 
-def choose_cwd(request: Request, context: Context, user: User) -> str:
+def choose_cwd(request: Request, context: Context, user: User) -> tuple[str, str | None]:
     """--cd (a distribution path or ~), else the caller's host directory through the
-    host mount when it is reachable, else the user's home."""
+    host mount when it is reachable, else the user's home; with a warning when the host
+    directory cannot be reached through the mount (WSL's "Failed to translate")."""
     if request.cwd:
-        return _expand_home(request.cwd, user.home)
+        return _expand_home(request.cwd, user.home), None
     if request.host_cwd and context.host_mount:
         translated = context.host_mount.rstrip("/") + request.host_cwd
         if os.path.isdir(translated):
-            return translated
-    return user.home
+            return translated, None
+        return user.home, (
+            f"cannot enter {translated} (the host's {request.host_cwd}): not a directory "
+            f"the distribution can see; starting in {user.home}"
+        )
+    return user.home, None
 
 
 def build_environment(request: Request, context: Context, user: User, shell: str) -> dict[str, str]:
@@ -148,12 +154,14 @@ def plan(request: Request, context: Context) -> Plan:
         else:
             raise PlanError(22, "a shell command is one string")
         executable = shell
+    cwd, warning = choose_cwd(request, context, user)
     return Plan(
         user=user,
         groups=context.users.supplementary_groups(user),
         executable=executable,
         argv=argv,
         environment=build_environment(request, context, user, shell),
-        cwd=choose_cwd(request, context, user),
+        cwd=cwd,
         umask=context.umask,
+        warnings=(warning,) if warning else (),
     )

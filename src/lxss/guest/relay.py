@@ -91,10 +91,13 @@ def _exec_program(plan: Plan, streams: list[int | None], controlling_tty: int | 
         os.setresgid(plan.user.gid, plan.user.gid, plan.user.gid)
         os.setresuid(plan.user.uid, plan.user.uid, plan.user.uid)
         os.umask(plan.umask)
+        for warning in plan.warnings:
+            _say(f"lxss: warning: {warning}\n")
         try:
             os.chdir(plan.cwd)
         except OSError as e:
-            _say(f"lxss: warning: cannot enter {plan.cwd}: {e.strerror}\n")
+            home = plan.user.home
+            _say(f"lxss: warning: cannot enter {plan.cwd}: {e.strerror}; starting in {home}\n")
             with contextlib.suppress(OSError):
                 os.chdir(plan.user.home)
         try:

@@ -41,7 +41,8 @@ class Group:
 def _read(path: str) -> str:
     """The file's text, or "" if it is missing, unreadable, not a regular file (a FIFO
     there must not hang init or a session leader) or over MAX_DATABASE_BYTES."""
-    text = read_regular_file(path, MAX_DATABASE_BYTES)
+    # Names are bytes to Linux: kept as surrogate escapes, as the launch request carries them.
+    text = read_regular_file(path, MAX_DATABASE_BYTES, errors="surrogateescape")
     return text if text is not None else ""
 
 

@@ -67,9 +67,15 @@ def load_regular_file(
 
 
 def read_regular_file(
-    path: str, limit: int = DEFAULT_LIMIT, *, owner_uid: int | None = None, nofollow: bool = False
+    path: str,
+    limit: int = DEFAULT_LIMIT,
+    *,
+    owner_uid: int | None = None,
+    nofollow: bool = False,
+    errors: str = "replace",
 ) -> str | None:
-    """The text of the regular file at *path* (UTF-8, bad bytes replaced), or None.
+    """The text of the regular file at *path* (UTF-8, bad bytes handled by *errors*: replaced
+    unless told otherwise), or None.
 
     None for anything :func:`load_regular_file` refuses: missing, unreadable, not a
     regular file (never blocking on a FIFO), a symlink when *nofollow*, not owned by
@@ -77,6 +83,6 @@ def read_regular_file(
     a default whatever the reason; those that must say why call load_regular_file.
     """
     try:
-        return load_regular_file(path, limit, owner_uid=owner_uid, nofollow=nofollow)
+        return load_regular_file(path, limit, owner_uid=owner_uid, nofollow=nofollow, errors=errors)
     except OSError:
         return None

@@ -6,10 +6,16 @@ which is what callers import; it re-exports :func:`encode` and :func:`decode`.
 
 Wire layout, after the 16-byte header: the fixed part, every field packed little-endian in
 declaration order with no padding, then a heap. A ``str`` field is a u32 offset, counted from the
-first byte of the message, of a NUL-terminated UTF-8 string in the heap (0 means ``None``);
+first byte of the message, of a NUL-terminated string in the heap (0 means ``None``);
 ``strs`` is a u32 offset and a u32 count of consecutive NUL-terminated strings; ``bytes`` is a
 u32 offset and a u32 size. An empty ``strs`` or ``bytes`` is offset 0, count 0. A ``bool`` is one
 byte, 0 or 1.
+
+Strings are bytes, any but NUL, since what they carry (paths, arguments, environment values,
+user names) is bytes to Linux. In Python they are ``str`` decoded as the os module decodes
+file names: UTF-8 with ``surrogateescape`` (PEP 383), so each byte that is not part of valid
+UTF-8 is the code point U+DC00 + byte, and encoding gives the same bytes back. A ``str`` with
+any other surrogate cannot be sent.
 
 :func:`decode` trusts nothing: anything malformed raises
 :class:`~lxss.protocol.framing.ProtocolError` naming the message and the field. It is stricter
@@ -255,9 +261,9 @@ def _append_strings(heap: bytearray, heap_start: int, values: Sequence[object]) 
         if "\0" in value:
             raise ValueError(f"{value!r} contains a NUL")
         try:
-            heap += value.encode("utf-8") + b"\0"
+            heap += value.encode("utf-8", "surrogateescape") + b"\0"
         except UnicodeEncodeError as error:
-            raise ValueError(f"{value!r} is not valid UTF-8: {error.reason}") from None
+            raise ValueError(f"{value!r} cannot be sent as bytes: {error.reason}") from None
     return offset
 
 
@@ -349,10 +355,8 @@ class _Reader:
             end = self.data.find(b"\0", offset)
             if end < 0:
                 raise self.error(f"string {index} at offset {offset} has no NUL before the end")
-            try:
-                result.append(self.data[offset:end].decode("utf-8"))
-            except UnicodeDecodeError as error:
-                raise self.error(f"string {index} is not valid UTF-8: {error.reason}") from None
+            # Never fails: each byte that is not UTF-8 becomes a surrogate escape.
+            result.append(self.data[offset:end].decode("utf-8", "surrogateescape"))
             offset = end + 1
         return tuple(result)
 

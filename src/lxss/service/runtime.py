@@ -460,7 +460,8 @@ class Runtime:
         )
 
     def _check_encodable(self, call: Call, flags: int) -> None:
-        """Strings the guest framing cannot carry (NUL, lone surrogates) are the caller's error."""
+        """Strings the guest framing cannot carry (NUL; a surrogate that is not a byte's
+        escape, see the interface file) are the caller's error."""
         try:
             m.encode(self._process_message(call, flags, 0, ""))
         except ValueError as e:
