@@ -13,9 +13,12 @@ from lxss.linux.subids import (
     FIRST_ALLOCATED,
     RANGE_SIZE,
     IdMap,
+    Mapping,
+    NoFreeRange,
     SubRange,
     ensure_mapping,
     find_range,
+    login_defs_bounds,
     next_free_start,
     parse_ranges,
 )
@@ -139,3 +142,43 @@ def test_concurrent_allocations_never_overlap(tmp_path: Path) -> None:
     assert all(b - a >= RANGE_SIZE for a, b in itertools.pairwise(starts))
     ranges = parse_ranges(subuid.read_text())
     assert len(ranges) == 8 and sorted(r.start for r in ranges) == starts
+
+
+def test_next_free_start_steps_over_host_accounts() -> None:
+    # An account where the next range would go pushes the range past it.
+    assert next_free_start([], taken_ids=[100100]) == 131072
+    assert next_free_start([], taken_ids=[99999, 1000]) == FIRST_ALLOCATED
+    assert next_free_start([SubRange("a", 100000, 65536)], taken_ids=[196608 + 5]) == 262144
+
+
+def test_next_free_start_stays_inside_login_defs_bounds() -> None:
+    assert next_free_start([], low=200000, high=300000) == 200000
+    with pytest.raises(NoFreeRange, match="SUB_UID_MIN/MAX"):
+        next_free_start([], taken_ids=[200001], low=200000, high=300000)
+
+
+def test_login_defs_bounds_takes_the_narrower_of_uid_and_gid() -> None:
+    text = "SUB_UID_MIN 100000\nSUB_UID_MAX 500000\n#SUB_GID_MIN 1\nSUB_GID_MIN 150000\n"
+    assert login_defs_bounds(text) == (150000, 500000)
+    assert login_defs_bounds("") == (100000, 600100000)
+
+
+def test_ensure_mapping_allocates_around_accounts(tmp_path: Path) -> None:
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    defs = tmp_path / "login.defs"
+    defs.write_text("SUB_UID_MIN 100000\n")
+    mapping = ensure_mapping(1000, 1000, "alice", str(tmp_path / "l"), str(subuid), str(subgid),
+                             str(defs), lambda: ([0, 1000, 100500], [0, 131073]))  # fmt: skip
+    assert mapping.uid.sub_start == mapping.gid.sub_start == 196608
+
+
+def test_root_faces_are_the_last_id_of_roots_range() -> None:
+    mapping = Mapping(IdMap(0, 262144), IdMap(0, 262144))
+    faced = mapping.with_root_faces(
+        SubRange("root", 262144, 65536), SubRange("root", 262144, 65536)
+    )
+    assert faced.uid.host_face == faced.gid.host_face == 262144 + 65535
+    assert faced.uid.proc_text() == mapping.uid.proc_text(), "the stored mapping is unchanged"
+    assert faced.uid.run_text() == "0 327679 1\n1 262144 65535\n"
+    with pytest.raises(NoFreeRange, match="65536"):
+        mapping.with_root_faces(SubRange("root", 262144, 65535), SubRange("root", 262144, 65536))

@@ -42,7 +42,9 @@ class Settings:
 
     @property
     def subid_lock_path(self) -> str:
-        return os.path.join(self.runtime_dir, "subid.lock")
+        # One lock for the machine, whatever the runtime directory: every lxssd (tests run
+        # several) allocates in the same /etc/subuid and /etc/subgid.
+        return "/run/lxss-subid.lock"
 
     def storage_dir(self, uid: int) -> str:
         """Per-user storage for distributions installed without a location."""
