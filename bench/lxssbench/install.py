@@ -27,6 +27,7 @@ PACKAGES: Final = (
     "gzip",
     "zstd",
     "xz-utils",
+    "curl",  # the install-catalog figure's peer
 )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Imported for their @figure registrations; ORDER below is the report's order.
-from . import archive, hostfs, latency, memory, pty, throughput  # noqa: F401
+from . import archive, hostfs, install, latency, memory, pty, throughput  # noqa: F401
 from .registry import SPECS, Spec, run_figure
 
 ORDER = (
@@ -18,6 +18,7 @@ ORDER = (
     "import",
     "export",
     "export-gz",
+    "install-catalog",
     "hostfs-read",
     "hostfs-walk",
     "mem-lxssd",
