@@ -281,6 +281,10 @@ def test_install_by_family_name_and_options_and_quiet(world: Env, images: dict[s
     assert result.err == "", "quiet: no progress"
     assert "mine" in names(world.service)
     assert (location / "rootfs/etc/marker").read_text() == "main\n"
+    # A taken name is refused before anything is downloaded.
+    fetched = len(world.ranges("/main.wsl"))
+    assert_fails(world.lxss("--install", NAME, "--name", "MINE", "-q"), "'MINE' already exists")
+    assert len(world.ranges("/main.wsl")) == fetched
     assert_fails(world.lxss("-d", "x", "--install", "y"), "two distributions")
 
 

@@ -125,6 +125,7 @@ def install_from_catalog(source: str, target: InstallTarget) -> str:
         )
     if len(catalogs) > 1 and entry.origin == catalogs[0].origin:
         _warn_if_overridden(catalogs, entry)
+    _refuse_a_taken_name(target.name or entry.name, target.for_uid)
     path = download(entry.image.url, entry.image.sha256, f"Downloading {entry.friendly_name}",
                     quiet=target.quiet)  # fmt: skip
     if not target.quiet:
@@ -132,6 +133,19 @@ def install_from_catalog(source: str, target: InstallTarget) -> str:
     registered = target.register(entry.name, archive=path)
     os.unlink(path)  # registered: the image is in the distribution now
     return registered
+
+
+def _refuse_a_taken_name(name: str, for_uid: int | None) -> None:
+    """Fail before the download, not after it, when the name is taken (as WSL does); the
+    service still decides at registration."""
+    from lxss.cli.service import connect
+
+    with connect() as client:
+        reply = client.call("EnumerateDistributions", {"forUid": for_uid})
+    if any(d["name"].casefold() == name.casefold() for d in reply["distributions"]):
+        raise CommandError(
+            f"a distribution named '{name}' already exists; choose another with --name NAME"
+        )
 
 
 def _warn_if_overridden(catalogs: list[Catalog], entry: Entry) -> None:
