@@ -381,3 +381,18 @@ def test_file_urls_serve_catalog_and_image(world: Env, images: dict[str, bytes])
     world.config.write_text(f"[general]\ndistributionListUrl = file://{catalog}\n")
     assert_fails(world.lxss("--install", "FtpBox", "--no-launch"), "ftp://example.test/x.wsl",
                  "only file://, http:// and https://")  # fmt: skip
+
+
+def test_a_full_cache_says_so_and_registers_nothing(world: Env, images: dict[str, bytes]) -> None:
+    world.set_catalogs(_main_catalog(world, images))
+    small = world.cache / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        result = world.lxss("--install", NAME, "--no-launch", "-q",
+                            env={"XDG_CACHE_HOME": str(small)})  # fmt: skip
+        assert_fails(result, f"cannot write to the download cache {small}/lxss",
+                     "No space left on device")  # fmt: skip
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert NAME not in names(world.service)

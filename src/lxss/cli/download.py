@@ -129,26 +129,39 @@ def _transfer(url: str, fd: int, label: str, quiet: bool) -> hashlib._Hash:
         total = offset + int(length) if length and length.isdigit() else None
         received = offset
         with Progress(label, total, quiet=quiet, already=offset) as progress:
-            try:
-                while chunk := reply.read(CHUNK):
-                    digest.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    received += len(chunk)
-                    progress.advance(len(chunk))
-            except (OSError, http.client.HTTPException) as e:
-                reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
-                raise CommandError(
-                    f"the download of {url} stopped after {received} bytes ({reason}); "
-                    "run the same command again to resume it"
-                ) from None
+            while True:
+                try:
+                    chunk = reply.read(CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+                    raise CommandError(
+                        f"the download of {url} stopped after {received} bytes ({reason}); "
+                        "run the same command again to resume it"
+                    ) from None
+                if not chunk:
+                    break
+                digest.update(chunk)
+                _write_all(fd, chunk)
+                received += len(chunk)
+                progress.advance(len(chunk))
         if total is not None and received < total:
             raise CommandError(
                 f"the download of {url} ended after {received} of {total} bytes; "
                 "run the same command again to resume it"
             )
     return digest
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as e:
+        raise CommandError(
+            f"cannot write to the download cache {cache_directory()}: {e.strerror}; the "
+            "download resumes when the same command runs again"
+        ) from None
 
 
 def _verified(path: str, sha256: str) -> bool:
