@@ -14,7 +14,8 @@ die() { echo "setup.sh: $*" >&2; exit 1; }
 
 # Debian packages the service, the tests and the benchmarks use.
 packages="python3-venv busybox-static debootstrap uidmap e2fsprogs zstd xz-utils bzip2 gzip
-  tmux procps psmisc iproute2 iptables nftables util-linux hyperfine bubblewrap"
+  tmux procps psmisc iproute2 iptables nftables util-linux hyperfine bubblewrap
+  docker-registry skopeo umoci"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

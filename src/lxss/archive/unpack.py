@@ -21,6 +21,7 @@ from typing import IO, Final, Self
 from lxss.config.osrelease import parse_os_release
 from lxss.errors import LxssError
 from lxss.linux.files import read_regular_file
+from lxss.oci import whiteout
 
 XATTR_PREFIX: Final = "SCHILY.xattr."
 # Space kept free on the target file system, so a hostile archive cannot fill it.
@@ -130,9 +131,14 @@ def _check_end(archive: tarfile.TarFile) -> None:
 class Unpacker:
     """Extracts members one by one into the current directory ("/" in the worker)."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(
+        self, stream: IO[bytes], report: UnpackReport | None = None, *, layer: bool = False
+    ) -> None:
+        """*layer*: the stream is one layer of a container image, applied over the tree
+        already here, and its whiteout entries delete from it (lxss.oci.whiteout)."""
         self._stream = stream
-        self.report = UnpackReport()
+        self.report = report or UnpackReport()
+        self._layer = layer
         self._deferred_dirs: list[tuple[str, tarfile.TarInfo]] = []
         self._extracted: set[str] = set()
 
@@ -171,6 +177,11 @@ class Unpacker:
         if member.ischr() or member.isblk():  # not isdev(): that includes fifos
             self.report.skipped_devices.append(path)
             return
+        if self._layer and path != ".":
+            action = whiteout.classify(path)
+            if action is not None:
+                self._whiteout(*action)
+                return
         if path != ".":
             try:
                 _ensure_parent(path)
@@ -185,6 +196,7 @@ class Unpacker:
                 _remove_existing(path, keep_dir=True)
                 if not os.path.isdir(path):
                     os.mkdir(path, 0o700)
+                self._extracted.add(path)
             self._deferred_dirs.append((path, member))
             return
         if path == ".":
@@ -207,6 +219,31 @@ class Unpacker:
         self._extracted.add(path)
         if not member.islnk():
             self._apply_metadata(path, member)
+
+    def _whiteout(self, action: str, target: str) -> None:
+        """Delete what a lower layer put at *target* ('whiteout'), or everything lower
+        layers put under the directory *target* ('opaque'); entries of this layer stay."""
+        if action == "ignore":
+            return
+        parent = os.path.dirname(target)
+        # Through real directories only: a lower layer's symlink must not redirect it.
+        if parent and os.path.realpath(parent) != os.path.join(os.path.realpath("."), parent):
+            self.report.warnings.append(f"skipped whiteout of '{target}': a parent is a symlink")
+            return
+        if action == "whiteout":
+            if target not in self._extracted:
+                _remove_existing(target, keep_dir=False)
+            return
+        if os.path.isdir(target) and not os.path.islink(target):
+            self._clear_lower(target)
+
+    def _clear_lower(self, directory: str) -> None:
+        for name in os.listdir(directory):
+            child = name if directory == "." else f"{directory}/{name}"
+            if child not in self._extracted:
+                _remove_existing(child, keep_dir=False)
+            elif os.path.isdir(child) and not os.path.islink(child):
+                self._clear_lower(child)
 
     def _link(self, member: tarfile.TarInfo, path: str) -> bool:
         target = member_path(member.linkname)

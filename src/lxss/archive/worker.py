@@ -9,6 +9,7 @@ tree and works there. It reports one JSON object on stdout; exit status 0 means
 success, 1 a failure the report explains, anything else a crash (stderr).
 
     unpack (--dir-fd FD | --base PATH)       archive on stdin; creates rootfs/
+           [--layers JSON [--image JSON]]    ... or an image's layers (lxss.archive.layers)
     pack   --base PATH --out-fd FD --format F
     remove --base PATH
 """
@@ -26,7 +27,7 @@ import sys
 import threading
 from typing import IO, Any
 
-from lxss.archive import formats
+from lxss.archive import formats, image, layers
 from lxss.archive.pack import Packer
 from lxss.archive.unpack import Unpacker, UnpackError, looks_like_linux, read_os_release
 from lxss.linux import userns
@@ -173,6 +174,8 @@ def unpack(options: dict[str, str | bool]) -> dict[str, Any]:
     except OSError as e:
         raise WorkerError(f"cannot create the distribution's root: {e.strerror}") from None
     os.chdir(ROOTFS)
+    if "layers" in options:
+        return _unpack_layers(options)
     source = _Input()
     try:
         os.chroot(".")
@@ -185,15 +188,47 @@ def unpack(options: dict[str, str | bool]) -> dict[str, Any]:
     except BaseException:
         source.abort()
         raise
+    return _unpacked(report.summary(), report)
+
+
+def _unpacked(warnings: list[str], report: Any) -> dict[str, Any]:
     release = read_os_release()
     return {
-        "warnings": report.summary(),
+        "warnings": warnings,
         "files": report.files,
         "bytes": report.bytes,
         "osId": release.get("ID", ""),
         "osVersionId": release.get("VERSION_ID", ""),
         "isLinux": looks_like_linux(),
     }
+
+
+def _json_option(options: dict[str, str | bool], key: str) -> Any:
+    try:
+        return json.loads(str(options.get(key) or "null"))
+    except ValueError:
+        raise WorkerError(f"--{key} is not JSON") from None
+
+
+def _unpack_layers(options: dict[str, str | bool]) -> dict[str, Any]:
+    """An image: its layers in order on stdin, then its config's defaults."""
+    described = _json_option(options, "layers")
+    config = _json_option(options, "image") or {}
+    stack = [layers.Layer(str(item["digest"]), int(item["size"])) for item in described]
+    try:
+        report = layers.apply_layers(0, stack)  # unpacks in chrooted children
+    except (UnpackError, OSError) as e:
+        raise WorkerError(str(e)) from None
+    os.chroot(".")
+    os.umask(0o022)
+    default_uid, warnings = image.apply(
+        [str(v) for v in config.get("env", [])],
+        str(config.get("user", "")),
+        str(config.get("workingDir", "")),
+    )
+    result = _unpacked(report.summary() + warnings, report)
+    result["defaultUid"] = default_uid
+    return result
 
 
 def pack(options: dict[str, str | bool]) -> dict[str, Any]:

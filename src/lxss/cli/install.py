@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 # (SOURCE as typed: a name, or a prefix ending in "*"; installer; how --help and errors show it)
 INSTALLERS: tuple[tuple[str, str, str], ...] = (
     ("busybox", "lxss.cli.install:install_builtin", "busybox"),
+    # Container images, in skopeo's transport names (lxss.oci.reference).
+    ("docker://*", "lxss.cli.image:install_image", "docker://IMAGE"),
+    ("oci:*", "lxss.cli.image:install_image", "oci:DIR[:TAG]"),
+    ("oci-archive:*", "lxss.cli.image:install_image", "oci-archive:FILE"),
+    ("docker-archive:*", "lxss.cli.image:install_image", "docker-archive:FILE"),
+    ("containers-storage:*", "lxss.cli.image:install_image", "(podman save first)"),
+    ("docker-daemon:*", "lxss.cli.image:install_image", "(docker save first)"),
 )
 FROM_FILE = "lxss.cli.install:install_file"  # --from-file FILE
 CATALOG = "lxss.cli.catalog_install:install_from_catalog"  # any other SOURCE, and none

@@ -48,7 +48,7 @@ def parse_version(value: str | bool | None) -> int | None:
     return int(str(value))
 
 
-def _open_archive(path: str) -> int:
+def open_archive(path: str) -> int:
     if path == "-":
         if os.isatty(0):
             raise CommandError("refusing to read an archive from a terminal; pipe one in")
@@ -86,13 +86,21 @@ def register(
     archive: str | None = None,
     builtin: str | None = None,
     for_uid: int | None = None,
+    stream_fd: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """RegisterDistribution from the file *archive*, the built-in *builtin*, or the
+    descriptor *stream_fd* (lent, the caller closes it) with *extra* parameters."""
     fds: list[int] = []
     created = False
     try:
         params: dict[str, Any] = {"name": name, "version": version, "forUid": for_uid}
+        params.update(extra or {})
         if archive is not None:
-            fds.append(_open_archive(archive))
+            fds.append(open_archive(archive))
+            params["archive"] = 0
+        elif stream_fd is not None:
+            fds.append(os.dup(stream_fd))
             params["archive"] = 0
         else:
             params["builtin"] = builtin
@@ -257,8 +265,14 @@ def run(client: Client, request: Management, for_uid: int | None) -> int:
         return status(client, for_uid)
     if action == "import":
         name, location, archive = args
-        register(client, name, parse_version(options.get("--version")), location, archive=archive,
-                 for_uid=for_uid)  # fmt: skip
+        version = parse_version(options.get("--version"))
+        from lxss.cli.image import import_archive, sniff_image_archive
+
+        kind = sniff_image_archive(archive)
+        if kind is not None:  # a container image archive, not a root file system's tar
+            import_archive(client, kind, archive, name, version, location, for_uid)
+        else:
+            register(client, name, version, location, archive=archive, for_uid=for_uid)
         out(f"Imported '{name}'.")
     elif action == "export":
         export(client, args[0], args[1], options.get("--format"), for_uid)

@@ -41,6 +41,7 @@ class UnpackResult:
     os_id: str
     os_version_id: str
     is_linux: bool
+    default_uid: int | None = None  # an image's User, resolved in its /etc/passwd
 
 
 @dataclass(frozen=True)
@@ -136,11 +137,13 @@ def _out_of_memory(group: Cgroup) -> bool:
 
 
 def _unpack_result(report: dict[str, Any]) -> UnpackResult:
+    uid = report.get("defaultUid")
     return UnpackResult(
         warnings=[str(w) for w in report.get("warnings", [])],
         os_id=str(report.get("osId", "")),
         os_version_id=str(report.get("osVersionId", "")),
         is_linux=bool(report.get("isLinux")),
+        default_uid=uid if isinstance(uid, int) and 0 <= uid <= 65535 else None,
     )
 
 
@@ -156,6 +159,22 @@ async def unpack_archive(
     """Unpack the archive on *archive_fd* into base_path/rootfs (or location_fd/rootfs)."""
     args, fds = _location_args(base_path, location_fd)
     report = await _run("unpack", jail, args, stdin=archive_fd, pass_fds=fds)
+    return _unpack_result(report)
+
+
+async def unpack_layers(
+    jail: Jail,
+    stream_fd: int,
+    layers: list[dict[str, Any]],
+    image: dict[str, Any] | None,
+    base_path: str,
+    location_fd: int | None,
+) -> UnpackResult:
+    """Apply an image's *layers* (digest and size each, checked by the caller), read in
+    order from *stream_fd*, into base_path/rootfs, then its config's defaults (*image*)."""
+    args, fds = _location_args(base_path, location_fd)
+    args += ["--layers", json.dumps(layers), "--image", json.dumps(image or {})]
+    report = await _run("unpack", jail, args, stdin=stream_fd, pass_fds=fds)
     return _unpack_result(report)
 
 

@@ -85,6 +85,8 @@ class ServiceHandler:
                 archive,
                 call.parameters.get("builtin"),
                 location,
+                call.parameters.get("layers"),
+                call.parameters.get("image"),
             )
         finally:
             for fd in (archive, location):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from lxss.api import errors
 from lxss.archive.formats import EXPORT_FORMATS
 from lxss.linux.subids import Mapping, ensure_mapping
+from lxss.oci import layer_stream
 from lxss.service import archives, registry
 from lxss.service.registry import Distribution, Registry
 from lxss.service.settings import Settings
@@ -175,11 +176,19 @@ class UserSession:
         archive_fd: int | None,
         builtin: str | None,
         location_fd: int | None,
+        layers: list[dict[str, Any]] | None = None,
+        image: dict[str, Any] | None = None,
     ) -> tuple[Distribution, list[str]]:
         if not registry.valid_name(name):
             raise errors.InvalidDistributionName(name=name)
         if (archive_fd is None) == (builtin is None):
             raise errors.InvalidArgument(parameter="archive", reason="give an archive or a builtin")
+        if layers is not None or image is not None:
+            problem = layer_stream.check(layers, image)
+            if problem is not None or archive_fd is None:
+                raise errors.InvalidArgument(
+                    parameter="layers", reason=problem or "layers come with an archive fd"
+                )
         version = version or self.registry.user(self.uid).default_version
         self.check_version(version)
         async with self._lock:
@@ -197,13 +206,19 @@ class UserSession:
             self.locked[guid] = registry.INSTALLING
         try:
             jail = self.jail()
-            if archive_fd is not None:
+            if archive_fd is not None and layers is not None:
+                result = await archives.unpack_layers(
+                    jail, archive_fd, layers, image, base, location_fd
+                )
+            elif archive_fd is not None:
                 result = await archives.unpack_archive(jail, archive_fd, base, location_fd)
             else:
                 assert builtin is not None
                 result = await archives.unpack_builtin(jail, builtin, base, location_fd)
             if not result.is_linux:
                 raise errors.NotALinuxDistribution()
+            if result.default_uid is not None:
+                self.registry.configure(guid, result.default_uid, None)
             self.registry.finish_install(guid, result.os_id, result.os_version_id)
         except BaseException as e:
             await self._discard(record)

@@ -1,0 +1,242 @@
+"""Container images for the tests, built here from host tools, and a real registry.
+
+`build_layout` writes an OCI image layout by hand (the format is small: blobs named
+by digest, a manifest, a config, index.json), so the tests know exactly which
+bytes every layer holds; skopeo then converts and pushes it as users would.
+`Registry` runs Debian's docker-registry (the CNCF distribution registry) on a
+loopback port with its own storage directory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conftest import busybox_root
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tar_of_tree(root: Path) -> bytes:
+    """*root* as an uncompressed tar (GNU tar, numeric owners, ./-relative names)."""
+    return subprocess.run(
+        ["tar", "-C", str(root), "--numeric-owner", "-cf", "-", "."],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+
+
+def tar_of(entries: list[tuple[str, str, bytes]]) -> bytes:
+    """A tar of (name, kind 'file'|'dir', data) entries, in that order."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, kind, data in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000
+            if kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def compress(data: bytes, how: str) -> tuple[bytes, str]:
+    """(blob, media type) of a layer tar compressed with *how* (gzip, zstd or tar)."""
+    if how == "gzip":
+        return gzip.compress(data, 6, mtime=0), LAYER + "+gzip"
+    if how == "zstd":
+        blob = subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True, check=True)
+        return blob.stdout, LAYER + "+zstd"
+    return data, LAYER
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Image:
+    layout: Path
+    tag: str
+    layers: list[str] = field(default_factory=list)  # digests, bottom first
+
+
+def build_layout(
+    layout: Path, layers: list[tuple[bytes, str]], config: dict[str, object], tag: str = "1"
+) -> Image:
+    """An OCI image layout at *layout* holding one image: *layers* are (tar, compression)."""
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    def put(data: bytes) -> str:
+        name = digest(data)
+        (blobs / name.split(":")[1]).write_bytes(data)
+        return name
+
+    descriptors, diff_ids = [], []
+    for tar, how in layers:
+        blob, media_type = compress(tar, how)
+        descriptors.append({"mediaType": media_type, "digest": put(blob), "size": len(blob)})
+        diff_ids.append(digest(tar))
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    config_blob = json.dumps({
+        "architecture": arch, "os": "linux", "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }).encode()  # fmt: skip
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": put(config_blob), "size": len(config_blob)},
+        "layers": descriptors,
+    }).encode()  # fmt: skip
+    index = {
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST, "digest": put(manifest), "size": len(manifest),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    }  # fmt: skip
+    (layout / "index.json").write_text(json.dumps(index))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return Image(layout, tag, [d["digest"] for d in descriptors])
+
+
+def whiteout_image(directory: Path, compressions: tuple[str, str] = ("gzip", "zstd")) -> Image:
+    """A busybox image of two layers. The first holds /etc/gone, /etc/keep and
+    /opt/stuff/{a,b}, and a user `app` (uid 1234); the second deletes /etc/gone with
+    a whiteout, makes /opt/stuff opaque and adds /opt/stuff/new in it."""
+    root = busybox_root(directory / "base")
+    (root / "etc/passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1234:1234::/home/app:/bin/sh\n"
+    )
+    (root / "etc/os-release").write_text("ID=ocitest\nVERSION_ID=7\n")
+    (root / "etc/gone").write_text("deleted by layer 2\n")
+    (root / "etc/keep").write_text("kept\n")
+    (root / "opt/stuff").mkdir(parents=True)
+    (root / "opt/stuff/a").write_text("a\n")
+    (root / "opt/stuff/b").write_text("b\n")
+    (root / "home/app").mkdir(parents=True)
+    os.chown(root / "home/app", 1234, 1234)
+    second = tar_of([
+        ("etc/.wh.gone", "file", b""),
+        ("opt/stuff/new", "file", b"new\n"),
+        ("opt/stuff/.wh..wh..opq", "file", b""),
+    ])  # fmt: skip
+    config = {"Env": ["PATH=/bin", "GREETING=hello from the image"], "User": "app",
+              "WorkingDir": "/opt/stuff"}  # fmt: skip
+    return build_layout(
+        directory / "layout",
+        [(tar_of_tree(root), compressions[0]), (second, compressions[1])],
+        config,
+    )
+
+
+@dataclass
+class Registry:
+    """A docker-registry on 127.0.0.1:port, storing under *storage*."""
+
+    storage: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        config = self.storage / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.storage / 'data'}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        )
+        log = open(self.storage / "registry.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            ["docker-registry", "serve", str(config)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=5) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"docker-registry did not start: {self.log()}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        return (self.storage / "registry.log").read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def manifest(self, repository: str, tag: str) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://{self.host}/v2/{repository}/manifests/{tag}",
+            headers={
+                "Accept": f"{OCI_MANIFEST}, application/vnd.docker.distribution.manifest.v2+json"
+            },
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            document: dict[str, Any] = json.loads(reply.read())
+        return document
+
+    def push(self, image: Image, repository: str, *extra: str) -> str:
+        """skopeo copy the layout's image to the registry; returns the docker:// name."""
+        name = f"docker://{self.host}/{repository}"
+        skopeo(*extra, "--dest-tls-verify=false", f"oci:{image.layout}:{image.tag}", name)
+        return name
+
+
+def skopeo(*args: str) -> None:
+    result = subprocess.run(
+        ["skopeo", "--insecure-policy", "copy", "-q", *args],
+        capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+
+
+@contextmanager
+def running_registry(storage: Path) -> Iterator[Registry]:
+    registry = Registry(storage)
+    registry.start()
+    try:
+        yield registry
+    finally:
+        registry.stop()
+        shutil.rmtree(storage / "data", ignore_errors=True)

@@ -1,0 +1,146 @@
+"""Container images as distributions, through the real lxss and lxssd: pulled from a
+real registry (Debian's docker-registry on a loopback port, the image pushed with
+skopeo), read from an OCI layout, an OCI archive and a docker archive, and imported
+from archive files. Every image has two layers, the second deleting a file with a
+whiteout and making a directory opaque.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Service
+from mgmt import assert_fails, names, registry_rows, shared_dir
+from oci_support import Image, Registry, running_registry, skopeo, whiteout_image
+
+pytestmark = pytest.mark.skipif(
+    subprocess.run(
+        ["sh", "-c", "command -v skopeo docker-registry"], capture_output=True
+    ).returncode,
+    reason="needs skopeo and docker-registry (setup.sh installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Iterator[Path]:
+    with shared_dir("lxss-oci-") as path:
+        yield path
+
+
+@pytest.fixture(scope="module")
+def image(scratch: Path) -> Image:
+    return whiteout_image(scratch / "image")
+
+
+@pytest.fixture(scope="module")
+def docker_image(scratch: Path) -> Image:
+    """The same image with gzip layers only (docker's formats have no zstd)."""
+    return whiteout_image(scratch / "docker-image", ("gzip", "gzip"))
+
+
+@pytest.fixture(scope="module")
+def registry(scratch: Path) -> Iterator[Registry]:
+    (scratch / "registry").mkdir()
+    with running_registry(scratch / "registry") as running:
+        yield running
+
+
+def check_layers_applied(service: Service, name: str) -> None:
+    """The second layer's whiteouts took effect over the first layer."""
+    run = service.ok("-d", name, "-u", "root", "--", "cat /etc/keep; ls -A /opt/stuff; ls /etc")
+    lines = run.out.splitlines()
+    assert lines[:2] == ["kept", "new"], run.out  # a and b went with the opaque directory
+    assert "gone" not in lines and not any(line.startswith(".wh.") for line in lines), run.out
+    assert service.lxss("-d", name, "--", "test -e /opt/stuff/.wh..wh..opq").returncode == 1
+
+
+def check_config_applied(service: Service, name: str) -> None:
+    """User became the default user; Env reaches login shells."""
+    assert service.ok("-d", name, "--", "id -u").out.strip() == "1234"
+    login = service.ok("-d", name, "--shell-type", "login", "--", 'echo "$GREETING"')
+    assert login.out.strip() == "hello from the image"
+
+
+def install(service: Service, source: str, name: str) -> None:
+    service.ok("--install", source, "--name", name, "--no-launch", timeout=300)
+
+
+def test_install_from_a_registry_applies_layers_whiteouts_and_config(
+    service: Service, registry: Registry, image: Image
+) -> None:
+    source = registry.push(image, "lxss/whiteouts:1")
+    install(service, source, "oci-reg")
+    try:
+        check_layers_applied(service, "oci-reg")
+        check_config_applied(service, "oci-reg")
+        row = registry_rows(service, "oci-reg")[0]
+        assert (row["os_id"], row["default_uid"]) == ("ocitest", 1234)
+    finally:
+        service.ok("--unregister", "oci-reg")
+
+
+def test_a_layer_that_does_not_match_its_digest_registers_nothing(
+    service: Service, registry: Registry, scratch: Path
+) -> None:
+    image = whiteout_image(scratch / "corrupt")
+    source = registry.push(image, "lxss/corrupt:1")
+    top = registry.manifest("lxss/corrupt", "1")["layers"][-1]["digest"].split(":")[1]
+    blobs = registry.storage / "data/docker/registry/v2/blobs/sha256"
+    stored = blobs / top[:2] / top / "data"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the digest (or the stream) can tell
+    stored.write_bytes(bytes(data))
+    # A cache of its own: the good blob, pulled by another test, is in the default one.
+    cache = {"XDG_CACHE_HOME": str(scratch / "corrupt-cache")}
+    storage = service.state_dir / "0"
+    before = set(storage.iterdir()) if storage.exists() else set()
+    result = service.lxss(
+        "--install", source, "--name", "oci-bad", "--no-launch", timeout=300, env=cache
+    )
+    assert_fails(result, "does not match its digest", top)
+    assert not list((scratch / "corrupt-cache").rglob(top + "*"))  # never cached
+    assert "oci-bad" not in names(service)
+    assert registry_rows(service, "oci-bad") == []
+    assert set(storage.iterdir()) == before  # no partial tree left
+
+
+@pytest.mark.parametrize("transport", ["oci", "oci-archive", "docker-archive"])
+def test_install_from_a_layout_or_an_archive(
+    service: Service, image: Image, docker_image: Image, scratch: Path, transport: str
+) -> None:
+    if transport == "docker-archive":
+        image = docker_image
+    if transport == "oci":
+        source = f"oci:{image.layout}:{image.tag}"
+    else:
+        archive = scratch / f"image.{transport}.tar"
+        if not archive.exists():
+            skopeo(f"oci:{image.layout}:{image.tag}", f"{transport}:{archive}:lxss/test:1")
+        source = f"{transport}:{archive}"
+    name = f"oci-{transport}"
+    install(service, source, name)
+    try:
+        check_layers_applied(service, name)
+        check_config_applied(service, name)
+    finally:
+        service.ok("--unregister", name)
+
+
+@pytest.mark.parametrize("transport", ["oci-archive", "docker-archive"])
+def test_import_takes_an_image_archive(
+    service: Service, image: Image, docker_image: Image, scratch: Path, transport: str
+) -> None:
+    if transport == "docker-archive":
+        image = docker_image
+    archive = scratch / f"import.{transport}.tar"
+    skopeo(f"oci:{image.layout}:{image.tag}", f"{transport}:{archive}:lxss/test:1")
+    name = f"imp-{transport}"
+    service.ok("--import", name, str(scratch / name), str(archive), timeout=300)
+    try:
+        check_layers_applied(service, name)
+        check_config_applied(service, name)
+    finally:
+        service.ok("--unregister", name)
