@@ -28,6 +28,9 @@ PACKAGES: Final = (
     "zstd",
     "xz-utils",
     "curl",  # the install-catalog figure's peer
+    "docker-registry",  # the local registry of the oci-install figure
+    "skopeo",
+    "umoci",
 )
 
 

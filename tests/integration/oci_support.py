@@ -9,8 +9,10 @@ loopback port with its own storage directory.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -18,7 +20,10 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +53,8 @@ def tar_of_tree(root: Path) -> bytes:
 
 
 def tar_of(entries: list[tuple[str, str, bytes]]) -> bytes:
-    """A tar of (name, kind 'file'|'dir', data) entries, in that order."""
+    """A tar of (name, kind 'file'|'dir'|'symlink', data) entries, in that order (a
+    symlink's data is its target)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for name, kind, data in entries:
@@ -56,6 +62,9 @@ def tar_of(entries: list[tuple[str, str, bytes]]) -> bytes:
             info.mtime = 1_700_000_000
             if kind == "dir":
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+            elif kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, data.decode()
                 archive.addfile(info)
             else:
                 info.size, info.mode = len(data), 0o644
@@ -153,11 +162,91 @@ def whiteout_image(directory: Path, compressions: tuple[str, str] = ("gzip", "zs
     )
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """A token server for the registry's token authentication (the docker/distribution
+    scheme): GET /token with the user's basic credentials answers a JWT signed with a
+    key whose self-signed certificate the registry trusts. Anything else gets a 401."""
+
+    ISSUER = "lxss-test-issuer"
+    SERVICE = "lxss-test-registry"
+
+    def __init__(self, directory: Path, user: str, password: str) -> None:
+        self.key, self.cert = directory / "token.key", directory / "token.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
+             "-out", str(self.cert), "-days", "2", "-subj", "/CN=lxss-test-token"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        der = subprocess.run(
+            ["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
+            check=True, capture_output=True, timeout=60,
+        ).stdout  # fmt: skip
+        self._x5c = base64.b64encode(der).decode()
+        self._expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                if self.headers.get("Authorization") != server._expected:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": server.token(query.get("scope", []))}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def realm(self) -> str:
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def token(self, scopes: list[str]) -> str:
+        access = []
+        for scope in scopes:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        header = {"alg": "RS256", "typ": "JWT", "x5c": [self._x5c]}
+        claims = {"iss": self.ISSUER, "sub": "tester", "aud": self.SERVICE, "exp": now + 600,
+                  "nbf": now - 60, "iat": now, "jti": os.urandom(8).hex(),
+                  "access": access}  # fmt: skip
+        signed = _b64url(json.dumps(header).encode()) + "." + _b64url(json.dumps(claims).encode())
+        signature = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+            input=signed.encode(), check=True, capture_output=True, timeout=60,
+        ).stdout  # fmt: skip
+        return signed + "." + _b64url(signature)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=30)
+
+
 @dataclass
 class Registry:
-    """A docker-registry on 127.0.0.1:port, storing under *storage*."""
+    """A docker-registry on 127.0.0.1:port, storing under *storage*; with *tokens*, it
+    takes only tokens that server signed."""
 
     storage: Path
+    tokens: TokenServer | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -172,6 +261,13 @@ class Registry:
             "log:\n  level: warn\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.storage / 'data'}\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            + (
+                f"auth:\n  token:\n    realm: {self.tokens.realm}\n"
+                f"    service: {self.tokens.SERVICE}\n    issuer: {self.tokens.ISSUER}\n"
+                f"    rootcertbundle: {self.tokens.cert}\n"
+                if self.tokens
+                else ""
+            )
         )
         log = open(self.storage / "registry.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -187,6 +283,9 @@ class Registry:
                 with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=5) as reply:
                     if reply.status == 200:
                         return
+            except urllib.error.HTTPError as e:
+                if e.code == 401 and self.tokens:  # up, and asking for a token
+                    return
             except OSError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -232,8 +331,8 @@ def skopeo(*args: str) -> None:
 
 
 @contextmanager
-def running_registry(storage: Path) -> Iterator[Registry]:
-    registry = Registry(storage)
+def running_registry(storage: Path, tokens: TokenServer | None = None) -> Iterator[Registry]:
+    registry = Registry(storage, tokens)
     registry.start()
     try:
         yield registry

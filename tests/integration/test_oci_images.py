@@ -7,14 +7,26 @@ whiteout and making a directory opaque.
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Service
+from conftest import Service, busybox_root
 from mgmt import assert_fails, names, registry_rows, shared_dir
-from oci_support import Image, Registry, running_registry, skopeo, whiteout_image
+from oci_support import (
+    Image,
+    Registry,
+    TokenServer,
+    build_layout,
+    running_registry,
+    skopeo,
+    tar_of,
+    tar_of_tree,
+    whiteout_image,
+)
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(
@@ -82,6 +94,47 @@ def test_install_from_a_registry_applies_layers_whiteouts_and_config(
         service.ok("--unregister", "oci-reg")
 
 
+def test_token_authentication_with_the_users_stored_credentials(
+    service: Service, image: Image, scratch: Path
+) -> None:
+    """A registry that takes only tokens, from a token server that wants a login: the
+    401 challenge leads lxss to the token server, with the credentials podman's
+    auth.json (then docker's config.json) holds for that registry."""
+    directory = scratch / "token"
+    directory.mkdir()
+    tokens = TokenServer(directory, "tester", "s3cret")
+    try:
+        with running_registry(directory, tokens) as registry:
+            source = registry.push(image, "lxss/private:1", "--dest-creds", "tester:s3cret")
+            secret = base64.b64encode(b"tester:s3cret").decode()
+            auths = json.dumps({"auths": {registry.host: {"auth": secret}}})
+            (directory / "run/containers").mkdir(parents=True)
+            (directory / "run/containers/auth.json").write_text(auths)
+            (directory / "docker").mkdir()
+            (directory / "docker/config.json").write_text(auths)
+            cache = str(directory / "cache")
+            without = service.lxss("--install", source, "--name", "oci-tok", "--no-launch",
+                                   env={"XDG_CACHE_HOME": cache}, timeout=300)  # fmt: skip
+            assert_fails(without, "refused a token")
+            assert "oci-tok" not in names(service)
+            for env in (
+                {"XDG_RUNTIME_DIR": str(directory / "run")},
+                {"DOCKER_CONFIG": str(directory / "docker")},
+            ):
+                tokens.requests.clear()
+                install_env = {**env, "XDG_CACHE_HOME": cache}
+                service.ok("--install", source, "--name", "oci-tok", "--no-launch",
+                           env=install_env, timeout=300)  # fmt: skip
+                try:
+                    assert tokens.requests, "lxss never asked the token server"
+                    assert "scope=repository%3Alxss%2Fprivate%3Apull" in tokens.requests[0]
+                    check_layers_applied(service, "oci-tok")
+                finally:
+                    service.ok("--unregister", "oci-tok")
+    finally:
+        tokens.stop()
+
+
 def test_a_layer_that_does_not_match_its_digest_registers_nothing(
     service: Service, registry: Registry, scratch: Path
 ) -> None:
@@ -144,3 +197,41 @@ def test_import_takes_an_image_archive(
         check_config_applied(service, name)
     finally:
         service.ok("--unregister", name)
+
+
+def test_a_hostile_image_cannot_reach_outside_its_tree(
+    service: Service, test_users: tuple[str, str], scratch: Path
+) -> None:
+    """Installed by an unprivileged user: the first layer plants symlinks to a host
+    directory (absolute and climbing); the second writes through them, whiteouts a host
+    file through them, makes them opaque and names parents with '..'. The host
+    directory is untouched, whatever the install's outcome."""
+    user = test_users[0]
+    victim = scratch / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("still here\n")
+    (victim / "sub").mkdir()
+    (victim / "sub/inner").write_text("inner\n")
+    root = busybox_root(scratch / "hostile-root")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    climbing = b"../../../../../../.." + str(victim).encode()
+    first = tar_of([("abs", "symlink", str(victim).encode()), ("climb", "symlink", climbing)])
+    second = tar_of([
+        ("abs/pwned", "file", b"x"), ("climb/pwned", "file", b"x"),
+        ("abs/.wh.precious", "file", b""), ("climb/.wh.precious", "file", b""),
+        ("abs/sub/.wh..wh..opq", "file", b""), ("climb/sub/.wh..wh..opq", "file", b""),
+        ("../../../../tmp/.wh.precious", "file", b""), ("abs/.wh..wh..opq", "file", b""),
+    ])  # fmt: skip
+    image = build_layout(scratch / "hostile", [(tar_of_tree(root), "gzip"), (first, "tar"),
+                                                (second, "gzip")], {})  # fmt: skip
+    subprocess.run(["chmod", "-R", "a+rX", str(scratch / "hostile")], check=True)
+    result = service.lxss("--install", f"oci:{image.layout}:{image.tag}", "--name", "hostile",
+                          "--no-launch", user=user, timeout=300)  # fmt: skip
+    try:
+        assert sorted(p.name for p in victim.rglob("*")) == ["inner", "precious", "sub"]
+        assert (victim / "precious").read_text() == "still here\n"
+        assert result.returncode == 0, str(result)  # refused members are warnings
+        assert "symlink" in result.err or "not a directory" in result.err, result.err
+    finally:
+        if result.returncode == 0:
+            service.ok("--unregister", "hostile", user=user)

@@ -58,9 +58,9 @@ def test_docker_hub_is_reached_at_its_api_host() -> None:
     [
         ("oci:/tmp/layout", "oci", "/tmp/layout", None),
         ("oci:/tmp/layout:v1", "oci", "/tmp/layout", "v1"),
-        ("oci:/a:b/layout", "oci", "/a:b/layout", None),
+        ("oci:/tmp/layout:", "oci", "/tmp/layout", None),
         ("oci-archive:img.tar", "oci-archive", "img.tar", None),
-        ("docker-archive:/x/img.tar:name:tag", "docker-archive", "/x/img.tar:name", "tag"),
+        ("docker-archive:/x/img.tar:name:tag", "docker-archive", "/x/img.tar", "name:tag"),
     ],
 )
 def test_local_references(text: str, transport: str, path: str, ref: str | None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Imported for their @figure registrations; ORDER below is the report's order.
-from . import archive, hostfs, install, latency, memory, pty, throughput  # noqa: F401
+from . import archive, hostfs, image, install, latency, memory, pty, throughput  # noqa: F401
 from .registry import SPECS, Spec, run_figure
 
 ORDER = (
@@ -19,6 +19,7 @@ ORDER = (
     "export",
     "export-gz",
     "install-catalog",
+    "oci-install",
     "hostfs-read",
     "hostfs-walk",
     "mem-lxssd",

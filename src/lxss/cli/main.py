@@ -43,9 +43,12 @@ Manage distributions:
   --install --from-file FILE [--name NAME] ...
                                   install a local image (.wsl or a rootfs tarball)
   -l, --list --online [-q]        what the catalog offers (/etc/lxss.conf: distributionListUrl)
+  --install docker://IMAGE|oci:DIR[:TAG]|oci-archive:FILE|docker-archive:FILE [...]
+                                  a container image, pulled as you (its layers, whiteouts)
   --import NAME DIR FILE|- [--version 1|2]
                                   register a distribution from a tar archive (tar, tar.gz,
-                                  tar.xz, tar.zst, .wsl), installed in DIR; - reads stdin
+                                  tar.xz, tar.zst, .wsl) or an OCI/docker image archive,
+                                  installed in DIR; - reads stdin
   --export NAME FILE|- [--format tar|tar.gz|tar.xz|tar.zst]
   --unregister NAME               stop and delete a distribution and its files
   -l, --list [-v] [-q] [--running]

@@ -28,7 +28,7 @@ _IMAGE_NAMES: Final = frozenset(
 )
 
 
-def _send(source: int, offset: int, size: int, sink: int) -> None:
+def send_range(source: int, offset: int, size: int, sink: int) -> None:
     """Copy *size* bytes at *offset* of *source* to *sink* (a pipe), in the kernel."""
     while size:
         sent = os.sendfile(sink, source, offset, min(size, 1 << 30))
@@ -88,7 +88,7 @@ class LayoutSource:
     def copy(self, descriptor: Descriptor, sink: int) -> None:
         fd = self._open(blob_path(descriptor.digest))
         try:
-            _send(fd, 0, descriptor.size, sink)
+            send_range(fd, 0, descriptor.size, sink)
         finally:
             os.close(fd)
 
@@ -148,7 +148,7 @@ class TarIndex:
         member = self.get(name)
         if member.size != size:
             raise ManifestError(f"{name} in the archive is {member.size} bytes, not {size}")
-        _send(self.fd, member.offset, size, sink)
+        send_range(self.fd, member.offset, size, sink)
 
 
 class OciArchiveSource:
@@ -178,12 +178,6 @@ class DockerArchiveSource:
     def __init__(self, fd: int) -> None:
         self._index = TarIndex(fd, "docker archive")
         self._paths: dict[str, str] = {}
-
-    def root(self) -> tuple[bytes, str]:
-        raise NotImplementedError  # resolved by resolve(), not by the OCI walk
-
-    def read(self, descriptor: Descriptor) -> bytes:
-        return self._index.read(self._paths[descriptor.digest])
 
     def copy(self, descriptor: Descriptor, sink: int) -> None:
         self._index.copy(self._paths[descriptor.digest], descriptor.size, sink)

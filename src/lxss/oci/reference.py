@@ -103,14 +103,10 @@ def parse(text: str) -> ImageReference:
 
 
 def _split_path_ref(rest: str) -> tuple[str, str | None]:
-    """DIR[:REF]: the reference is what follows the last colon when it has no slash
-    (so a path with colons in its directories still works)."""
-    path, colon, ref = rest.rpartition(":")
-    if not colon or not ref or "/" in ref:
-        return rest, None
-    if not path:
-        return rest, None
-    return path, ref
+    """PATH[:REF], split at the first colon as skopeo does (a path cannot hold one);
+    a docker archive's REF is itself NAME:TAG."""
+    path, _, ref = rest.partition(":")
+    return path, ref or None
 
 
 def parse_docker(name: str) -> ImageReference:

@@ -178,9 +178,9 @@ class RegistrySource:
         if fd >= 0:
             try:
                 if os.fstat(fd).st_size == descriptor.size:
-                    from lxss.oci.local import _send
+                    from lxss.oci.local import send_range
 
-                    _send(fd, 0, descriptor.size, sink)
+                    send_range(fd, 0, descriptor.size, sink)
                     return
             finally:
                 os.close(fd)

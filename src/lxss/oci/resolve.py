@@ -18,16 +18,22 @@ from lxss.oci.manifest import Descriptor, ImageConfig, ManifestError
 
 
 class BlobSource(Protocol):
-    def root(self) -> tuple[bytes, str]:
-        """The top document and its media type ("" when unknown)."""
-
-    def read(self, descriptor: Descriptor) -> bytes:
-        """A small blob (a manifest or config), at most MAX_DOCUMENT bytes, unchecked."""
+    """Where an image's layers are copied from."""
 
     def copy(self, descriptor: Descriptor, sink: int) -> None:
         """Write the blob to the fd *sink*: exactly its size in bytes."""
 
     def close(self) -> None: ...
+
+
+class OciSource(BlobSource, Protocol):
+    """A source of OCI documents (a registry, a layout): the walk below reads it."""
+
+    def root(self) -> tuple[bytes, str]:
+        """The top document and its media type ("" when unknown)."""
+
+    def read(self, descriptor: Descriptor) -> bytes:
+        """A small blob (a manifest or config), at most MAX_DOCUMENT bytes, unchecked."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ def verified(data: bytes, descriptor: Descriptor, what: str) -> bytes:
     return data
 
 
-def document(source: BlobSource, descriptor: Descriptor, what: str) -> dict[str, object]:
+def document(source: OciSource, descriptor: Descriptor, what: str) -> dict[str, object]:
     if descriptor.size > m.MAX_DOCUMENT:
         raise ManifestError(f"the {what} is larger than {m.MAX_DOCUMENT >> 20} MiB")
     return m.load(verified(source.read(descriptor), descriptor, what), what)
@@ -86,7 +92,7 @@ def pick(entries: list[Descriptor]) -> Descriptor:
     return m.select_platform([e for e in entries if e.platform[1]], architecture, variant)
 
 
-def resolve(source: BlobSource, ref: str | None = None) -> ResolvedImage:
+def resolve(source: OciSource, ref: str | None = None) -> ResolvedImage:
     """Walk from *source*'s root to a manifest for this machine, and read its config."""
     data, media_type = source.root()
     current = m.load(data, "image manifest")
