@@ -20,6 +20,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from lxss.cli.install import InstallTarget
+    from lxss.cli.progress import Progress
     from lxss.oci.resolve import BlobSource, ResolvedImage
 
 # After the service answered, the writer only has to notice the closed pipe.
@@ -79,18 +81,22 @@ def sniff_image_archive(path: str) -> str | None:
 
 
 class _Writer:
-    """Writes the image's layers, in order, into a pipe's write end (a thread)."""
+    """Writes the image's layers, in order, into a pipe's write end (a thread; the only
+    one that advances *progress*)."""
 
-    def __init__(self, source: BlobSource, image: ResolvedImage, sink: int) -> None:
+    def __init__(
+        self, source: BlobSource, image: ResolvedImage, sink: int, progress: Progress
+    ) -> None:
         self.error: BaseException | None = None
         self._source, self._image, self._sink = source, image, sink
+        self._progress = progress
         self._thread = threading.Thread(target=self._run, name="image-layers", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
             for layer in self._image.layers:
-                self._source.copy(layer, self._sink)
+                self._source.copy(layer, self._sink, self._progress.advance)
         except BrokenPipeError:
             pass  # the service stopped reading: its answer says why
         except BaseException as e:
@@ -110,40 +116,59 @@ def register_image(
     location: str | None,
     for_uid: int | None,
     source_and_image: tuple[BlobSource, ResolvedImage] | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Register the image *text* names as distribution *name*."""
-    from lxss.oci import layer_stream
+    from lxss.cli.progress import Progress
 
     source, image = source_and_image or open_source(text)
+    total = sum(layer.size for layer in image.layers)
+    layers = f"{len(image.layers)} layer{'s' if len(image.layers) > 1 else ''}"
     try:
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        writer = _Writer(source, image, write_end)
-        try:
-            return commands.register(
-                client,
-                name,
-                version,
-                location,
-                stream_fd=read_end,
-                extra={
-                    "layers": [layer_stream.layer_value(d.digest, d.size) for d in image.layers],
-                    "image": layer_stream.image_value(image.config),
-                },
-                for_uid=for_uid,
-            )
-        except BaseException:
-            os.close(read_end)  # unblocks the writer if the service stopped early
-            read_end = -1
-            writer.join()
-            if writer.error is not None:
-                raise writer.error from None  # the cause; the service only saw the stream end
-            raise
-        finally:
-            if read_end >= 0:
-                os.close(read_end)
-            writer.join()
+        with Progress(f"{text} ({layers})", total, quiet=quiet) as progress:
+            return _register(client, source, image, name, version, location, for_uid, progress)
     finally:
         source.close()
+
+
+def _register(
+    client: Client,
+    source: BlobSource,
+    image: ResolvedImage,
+    name: str,
+    version: int | None,
+    location: str | None,
+    for_uid: int | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    from lxss.oci import layer_stream
+
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    writer = _Writer(source, image, write_end, progress)
+    try:
+        return commands.register(
+            client,
+            name,
+            version,
+            location,
+            stream_fd=read_end,
+            extra={
+                "layers": [layer_stream.layer_value(d.digest, d.size) for d in image.layers],
+                "image": layer_stream.image_value(image.config),
+            },
+            for_uid=for_uid,
+        )
+    except BaseException:
+        os.close(read_end)  # unblocks the writer if the service stopped early
+        read_end = -1
+        writer.join()
+        if writer.error is not None:
+            raise writer.error from None  # the cause; the service only saw the stream end
+        raise
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
+        writer.join()
 
 
 def import_archive(
@@ -171,3 +196,26 @@ def import_archive(
     return register_image(
         client, f"{kind}:{path}", name, version, location, for_uid, (source, image)
     )
+
+
+def install_image(source: str, target: InstallTarget) -> str:
+    """`lxss --install docker://...` (and oci:, oci-archive:, docker-archive:): an
+    installer of lxss.cli.install's table. Returns the name registered."""
+    from lxss.cli.service import connect
+    from lxss.oci.reference import parse
+
+    ref = parse(source)
+    name = target.name or default_image_name(ref.repository or ref.path)
+    with connect() as client:
+        register_image(client, source, name, target.version, target.location, target.for_uid,
+                       quiet=target.quiet)  # fmt: skip
+    return name
+
+
+def default_image_name(repository_or_path: str) -> str:
+    """An image's distribution name without --name: the last part of its repository
+    or file name ("library/debian" -> "debian", "/tmp/img.tar" -> "img")."""
+    base = repository_or_path.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".tar", ".oci"):
+        base = base.removesuffix(suffix)
+    return base or "image"

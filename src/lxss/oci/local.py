@@ -20,6 +20,7 @@ from lxss.oci import manifest as m
 from lxss.oci import resolve as r
 from lxss.oci.manifest import Descriptor, ManifestError
 from lxss.oci.reference import DIGEST
+from lxss.oci.resolve import Advance
 
 MAX_MEMBERS: Final = 1 << 16  # an image archive holds a few files per layer
 # Top-level names of image archives: what tells one from a root file system's tar.
@@ -28,14 +29,16 @@ _IMAGE_NAMES: Final = frozenset(
 )
 
 
-def send_range(source: int, offset: int, size: int, sink: int) -> None:
-    """Copy *size* bytes at *offset* of *source* to *sink* (a pipe), in the kernel."""
+def send_range(source: int, offset: int, size: int, sink: int, advance: Advance) -> None:
+    """Copy *size* bytes at *offset* of *source* to *sink* (a pipe), in the kernel,
+    telling *advance* how far it got."""
     while size:
-        sent = os.sendfile(sink, source, offset, min(size, 1 << 30))
+        sent = os.sendfile(sink, source, offset, min(size, 1 << 20))
         if sent == 0:
             raise ManifestError("the image file is shorter than its manifest says")
         offset += sent
         size -= sent
+        advance(sent)
 
 
 def _read_exact(fd: int, offset: int, size: int) -> bytes:
@@ -85,10 +88,10 @@ class LayoutSource:
     def read(self, descriptor: Descriptor) -> bytes:
         return self._whole(blob_path(descriptor.digest))
 
-    def copy(self, descriptor: Descriptor, sink: int) -> None:
+    def copy(self, descriptor: Descriptor, sink: int, advance: Advance) -> None:
         fd = self._open(blob_path(descriptor.digest))
         try:
-            send_range(fd, 0, descriptor.size, sink)
+            send_range(fd, 0, descriptor.size, sink, advance)
         finally:
             os.close(fd)
 
@@ -144,11 +147,11 @@ class TarIndex:
         member = self.get(name)
         return _read_exact(self.fd, member.offset, member.size)
 
-    def copy(self, name: str, size: int, sink: int) -> None:
+    def copy(self, name: str, size: int, sink: int, advance: Advance) -> None:
         member = self.get(name)
         if member.size != size:
             raise ManifestError(f"{name} in the archive is {member.size} bytes, not {size}")
-        send_range(self.fd, member.offset, size, sink)
+        send_range(self.fd, member.offset, size, sink, advance)
 
 
 class OciArchiveSource:
@@ -163,8 +166,8 @@ class OciArchiveSource:
     def read(self, descriptor: Descriptor) -> bytes:
         return self._index.read(blob_path(descriptor.digest))
 
-    def copy(self, descriptor: Descriptor, sink: int) -> None:
-        self._index.copy(blob_path(descriptor.digest), descriptor.size, sink)
+    def copy(self, descriptor: Descriptor, sink: int, advance: Advance) -> None:
+        self._index.copy(blob_path(descriptor.digest), descriptor.size, sink, advance)
 
     def close(self) -> None:
         os.close(self._index.fd)
@@ -179,8 +182,8 @@ class DockerArchiveSource:
         self._index = TarIndex(fd, "docker archive")
         self._paths: dict[str, str] = {}
 
-    def copy(self, descriptor: Descriptor, sink: int) -> None:
-        self._index.copy(self._paths[descriptor.digest], descriptor.size, sink)
+    def copy(self, descriptor: Descriptor, sink: int, advance: Advance) -> None:
+        self._index.copy(self._paths[descriptor.digest], descriptor.size, sink, advance)
 
     def close(self) -> None:
         os.close(self._index.fd)

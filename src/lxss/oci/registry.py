@@ -23,6 +23,7 @@ from lxss.oci import auth
 from lxss.oci import manifest as m
 from lxss.oci.manifest import Descriptor, ManifestError
 from lxss.oci.reference import ImageReference, is_loopback_registry
+from lxss.oci.resolve import Advance
 
 TIMEOUT: Final = 60.0  # per network operation (connect, each read)
 CHUNK: Final = 1 << 20
@@ -167,7 +168,7 @@ class RegistrySource:
     def _cached(self, digest: str) -> str:
         return os.path.join(self._cache, *digest.split(":", 1))
 
-    def copy(self, descriptor: Descriptor, sink: int) -> None:
+    def copy(self, descriptor: Descriptor, sink: int, advance: Advance) -> None:
         """From the cache when the blob is there, else from the registry into the cache
         and *sink* at once (hashed while it streams; kept only when it matches)."""
         cached = self._cached(descriptor.digest)
@@ -180,13 +181,13 @@ class RegistrySource:
                 if os.fstat(fd).st_size == descriptor.size:
                     from lxss.oci.local import send_range
 
-                    send_range(fd, 0, descriptor.size, sink)
+                    send_range(fd, 0, descriptor.size, sink, advance)
                     return
             finally:
                 os.close(fd)
-        self._download(descriptor, cached, sink)
+        self._download(descriptor, cached, sink, advance)
 
-    def _download(self, descriptor: Descriptor, cached: str, sink: int) -> None:
+    def _download(self, descriptor: Descriptor, cached: str, sink: int, advance: Advance) -> None:
         os.makedirs(os.path.dirname(cached), 0o700, exist_ok=True)
         partial = f"{cached}.partial-{os.getpid()}"
         algorithm = descriptor.digest.split(":", 1)[0]
@@ -209,6 +210,7 @@ class RegistrySource:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(sink, view) :]
+                    advance(len(chunk))
             actual = f"{algorithm}:{digest.hexdigest()}"
             if actual != descriptor.digest:
                 raise ManifestError(

@@ -10,17 +10,20 @@ service unread and the archive worker checks them (lxss.archive.layers).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from lxss.oci import manifest as m
 from lxss.oci.manifest import Descriptor, ImageConfig, ManifestError
+
+Advance: TypeAlias = Callable[[int], None]  # told how many more bytes were copied
 
 
 class BlobSource(Protocol):
     """Where an image's layers are copied from."""
 
-    def copy(self, descriptor: Descriptor, sink: int) -> None:
+    def copy(self, descriptor: Descriptor, sink: int, advance: Advance) -> None:
         """Write the blob to the fd *sink*: exactly its size in bytes."""
 
     def close(self) -> None: ...
