@@ -21,6 +21,7 @@ from oci_support import (
     Registry,
     TokenServer,
     build_layout,
+    free_port,
     running_registry,
     skopeo,
     tar_of,
@@ -84,7 +85,8 @@ def test_install_from_a_registry_applies_layers_whiteouts_and_config(
     service: Service, registry: Registry, image: Image
 ) -> None:
     source = registry.push(image, "lxss/whiteouts:1")
-    install(service, source, "oci-reg")
+    result = service.ok("--install", source, "--name", "oci-reg", "--no-launch", timeout=300)
+    assert f"{source} (2 layers)" in result.err  # the progress lines (stderr is no terminal)
     try:
         check_layers_applied(service, "oci-reg")
         check_config_applied(service, "oci-reg")
@@ -113,7 +115,7 @@ def test_token_authentication_with_the_users_stored_credentials(
             (directory / "docker").mkdir()
             (directory / "docker/config.json").write_text(auths)
             cache = str(directory / "cache")
-            without = service.lxss("--install", source, "--name", "oci-tok", "--no-launch",
+            without = service.lxss("--install", source, "--name", "oci-tok", "--no-launch", "-q",
                                    env={"XDG_CACHE_HOME": cache}, timeout=300)  # fmt: skip
             assert_fails(without, "refused a token")
             assert "oci-tok" not in names(service)
@@ -151,7 +153,7 @@ def test_a_layer_that_does_not_match_its_digest_registers_nothing(
     storage = service.state_dir / "0"
     before = set(storage.iterdir()) if storage.exists() else set()
     result = service.lxss(
-        "--install", source, "--name", "oci-bad", "--no-launch", timeout=300, env=cache
+        "--install", source, "--name", "oci-bad", "--no-launch", "-q", timeout=300, env=cache
     )
     assert_fails(result, "does not match its digest", top)
     assert not list((scratch / "corrupt-cache").rglob(top + "*"))  # never cached
@@ -235,3 +237,20 @@ def test_a_hostile_image_cannot_reach_outside_its_tree(
     finally:
         if result.returncode == 0:
             service.ok("--unregister", "hostile", user=user)
+
+
+def test_what_cannot_be_installed_says_why(
+    service: Service, registry: Registry, scratch: Path
+) -> None:
+    closed = free_port()  # nothing listens there
+    for source, fragments in (
+        ("containers-storage:debian", ("containers-storage", "podman save")),
+        (f"oci:{scratch}/no-such-layout", ("cannot open the OCI layout", "no-such-layout")),
+        (f"oci-archive:{scratch}/missing.tar", ("cannot open", "missing.tar")),
+        (f"docker://{registry.host}/lxss/absent:1", ("no such image or tag", "HTTP 404")),
+        (f"docker://127.0.0.1:{closed}/x:1", ("cannot reach the registry", str(closed))),
+        ("docker://Bad_Name", ("not a repository name",)),
+    ):
+        result = service.lxss("--install", source, "--name", "nope", "--no-launch", "-q")
+        assert_fails(result, *fragments)
+    assert "nope" not in names(service)

@@ -32,7 +32,17 @@ def test_a_prefix_row_takes_every_source_it_starts(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(install, "INSTALLERS", rows)
     assert install.choose_installer("scheme://x/y:1", from_file=False) == "tests:scheme"
     assert install.choose_installer("scheme:/x", from_file=False) == install.CATALOG
-    assert install.installable().endswith("busybox, scheme://REF")
+    assert install.installable().endswith(", scheme://REF")
+    assert install.installable().startswith("busybox, docker://IMAGE, oci:DIR[:TAG]")
+
+
+def test_container_images_go_to_the_image_installer() -> None:
+    for source in ("docker://debian", "oci:/x:1", "oci-archive:a.tar", "docker-archive:b.tar",
+                   "containers-storage:debian"):  # fmt: skip
+        assert install.choose_installer(source, from_file=False) == "lxss.cli.image:install_image"
+    assert install.choose_installer("debian:bookworm", from_file=False) != (
+        "lxss.cli.image:install_image"
+    )
 
 
 def _source(argv: list[str]) -> str | None:

@@ -10,14 +10,17 @@ leaves nothing registered.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
 from lxss.api.client import Client
 from lxss.cli import manage as commands
+from lxss.cli.errors import CommandError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
     from lxss.cli.install import InstallTarget
@@ -198,17 +201,31 @@ def import_archive(
     )
 
 
+@contextlib.contextmanager
+def _said_as_command_errors() -> Iterator[None]:
+    """What lxss.oci refuses (a bad reference, manifest, registry answer) is the user's
+    to read as lxss's own one-line failure."""
+    from lxss.oci.manifest import ManifestError
+    from lxss.oci.reference import ReferenceError
+
+    try:
+        yield
+    except (ManifestError, ReferenceError) as e:
+        raise CommandError(str(e)) from None
+
+
 def install_image(source: str, target: InstallTarget) -> str:
     """`lxss --install docker://...` (and oci:, oci-archive:, docker-archive:): an
     installer of lxss.cli.install's table. Returns the name registered."""
     from lxss.cli.service import connect
     from lxss.oci.reference import parse
 
-    ref = parse(source)
-    name = target.name or default_image_name(ref.repository or ref.path)
-    with connect() as client:
-        register_image(client, source, name, target.version, target.location, target.for_uid,
-                       quiet=target.quiet)  # fmt: skip
+    with _said_as_command_errors():
+        ref = parse(source)
+        name = target.name or default_image_name(ref.repository or ref.path)
+        with connect() as client:
+            register_image(client, source, name, target.version, target.location,
+                           target.for_uid, quiet=target.quiet)  # fmt: skip
     return name
 
 

@@ -37,8 +37,9 @@ INSTALLERS: tuple[tuple[str, str, str], ...] = (
     ("oci:*", "lxss.cli.image:install_image", "oci:DIR[:TAG]"),
     ("oci-archive:*", "lxss.cli.image:install_image", "oci-archive:FILE"),
     ("docker-archive:*", "lxss.cli.image:install_image", "docker-archive:FILE"),
-    ("containers-storage:*", "lxss.cli.image:install_image", "(podman save first)"),
-    ("docker-daemon:*", "lxss.cli.image:install_image", "(docker save first)"),
+    # Refused with the reason (and what to do instead); not shown as installable.
+    ("containers-storage:*", "lxss.cli.image:install_image", ""),
+    ("docker-daemon:*", "lxss.cli.image:install_image", ""),
 )
 FROM_FILE = "lxss.cli.install:install_file"  # --from-file FILE
 CATALOG = "lxss.cli.catalog_install:install_from_catalog"  # any other SOURCE, and none
@@ -94,7 +95,7 @@ def choose_installer(source: str | None, from_file: bool) -> str:
 
 def installable() -> str:
     """What can be installed besides the catalog's names, for error messages."""
-    return ", ".join(shown for _, _, shown in INSTALLERS)
+    return ", ".join(shown for _, _, shown in INSTALLERS if shown)
 
 
 def _load(installer: str) -> Installer:
