@@ -23,11 +23,11 @@ raises CatalogError naming where it is (``ModernDistributions.Debian[0].Amd64Url
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 from lxss.errors import LxssError
+from lxss.jsondoc import load_object
 
 # The manifest's architecture key prefixes, by the kernel's name for the machine.
 ARCHITECTURES = {"x86_64": "Amd64", "amd64": "Amd64", "aarch64": "Arm64", "arm64": "Arm64"}
@@ -143,11 +143,9 @@ def _legacy(distributions: object, arch: str, origin: str) -> list[Entry]:
 def parse_catalog(text: str | bytes, origin: str, arch: str) -> Catalog:
     """The catalog in `text` (fetched from `origin`), keeping what `arch` can install."""
     try:
-        document = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CatalogError(f"the distribution catalog {origin} is not JSON: {e}") from None
-    if not isinstance(document, dict):
-        raise CatalogError(f"the distribution catalog {origin} is not a JSON object")
+        document = load_object(text)
+    except ValueError as e:
+        raise CatalogError(f"the distribution catalog {origin} {e}") from None
     try:
         modern = _modern(document.get("ModernDistributions", {}), arch, origin)
         legacy = _legacy(document.get("Distributions", []), arch, origin)

@@ -183,7 +183,7 @@ def test_documents_are_bounded_and_must_be_objects() -> None:
         manifest.load(b" " * (manifest.MAX_DOCUMENT + 1), "manifest")
     with pytest.raises(ManifestError, match="not a JSON object"):
         manifest.load(b"[]", "manifest")
-    with pytest.raises(ManifestError, match="not valid JSON"):
+    with pytest.raises(ManifestError, match="is not JSON"):
         manifest.load(b"{", "manifest")
 
 

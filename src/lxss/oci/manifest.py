@@ -6,12 +6,12 @@ and count is bounded and every field's type is checked before use.
 
 from __future__ import annotations
 
-import json
 import platform
 from dataclasses import dataclass
 from typing import Any, Final
 
 from lxss.errors import LxssError
+from lxss.jsondoc import load_object
 from lxss.oci.reference import DIGEST
 
 MAX_DOCUMENT: Final = 4 << 20  # a manifest, index or config; real ones are a few KiB
@@ -100,12 +100,9 @@ def load(data: bytes, what: str) -> dict[str, Any]:
     if len(data) > MAX_DOCUMENT:
         raise ManifestError(f"the {what} is larger than {MAX_DOCUMENT >> 20} MiB")
     try:
-        document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ManifestError(f"the {what} is not valid JSON ({e})") from None
-    if not isinstance(document, dict):
-        raise ManifestError(f"the {what} is not a JSON object")
-    return document
+        return load_object(data)
+    except ValueError as e:
+        raise ManifestError(f"the {what} {e}") from None
 
 
 def _string(document: dict[str, Any], key: str, what: str, default: str | None = None) -> str:
