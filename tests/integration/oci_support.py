@@ -132,6 +132,42 @@ def build_layout(
     return Image(layout, tag, [d["digest"] for d in descriptors])
 
 
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def make_multi_arch(image: Image, foreign: str = "s390x") -> None:
+    """Turn *image*'s layout into a multi-platform one: its tag names an image index
+    listing a *foreign* architecture's manifest first (a config saying so, and a layer
+    that is not a tar: installing it would fail) and this machine's manifest second."""
+    blobs = image.layout / "blobs" / "sha256"
+    index = json.loads((image.layout / "index.json").read_text())
+    native = index["manifests"][0]
+
+    def put(data: bytes) -> dict[str, object]:
+        name = digest(data)
+        (blobs / name.split(":")[1]).write_bytes(data)
+        return {"digest": name, "size": len(data)}
+
+    config = put(json.dumps({"architecture": foreign, "os": "linux", "config": {},
+                             "rootfs": {"type": "layers", "diff_ids": []}}).encode())  # fmt: skip
+    junk = put(b"not a layer of this machine")
+    other = put(json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, **config},
+        "layers": [{"mediaType": LAYER, **junk}],
+    }).encode())  # fmt: skip
+    arch = json.loads((blobs / json.loads((blobs / native["digest"].split(":")[1]).read_text())
+                       ["config"]["digest"].split(":")[1]).read_text())["architecture"]  # fmt: skip
+    nested = put(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, **other, "platform": {"os": "linux", "architecture": foreign}},
+        {"mediaType": OCI_MANIFEST, "digest": native["digest"], "size": native["size"],
+         "platform": {"os": "linux", "architecture": arch}},
+    ]}).encode())  # fmt: skip
+    annotations = {"org.opencontainers.image.ref.name": image.tag}
+    index["manifests"] = [{"mediaType": OCI_INDEX, **nested, "annotations": annotations}]
+    (image.layout / "index.json").write_text(json.dumps(index))
+
+
 def whiteout_image(directory: Path, compressions: tuple[str, str] = ("gzip", "zstd")) -> Image:
     """A busybox image of two layers. The first holds /etc/gone, /etc/keep and
     /opt/stuff/{a,b}, and a user `app` (uid 1234); the second deletes /etc/gone with
@@ -308,7 +344,8 @@ class Registry:
         request = urllib.request.Request(
             f"http://{self.host}/v2/{repository}/manifests/{tag}",
             headers={
-                "Accept": f"{OCI_MANIFEST}, application/vnd.docker.distribution.manifest.v2+json"
+                "Accept": f"{OCI_MANIFEST}, {OCI_INDEX}, "
+                "application/vnd.docker.distribution.manifest.v2+json"
             },
         )
         with urllib.request.urlopen(request, timeout=30) as reply:

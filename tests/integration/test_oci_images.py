@@ -17,11 +17,13 @@ import pytest
 from conftest import Service, busybox_root
 from mgmt import assert_fails, names, registry_rows, shared_dir
 from oci_support import (
+    OCI_INDEX,
     Image,
     Registry,
     TokenServer,
     build_layout,
     free_port,
+    make_multi_arch,
     running_registry,
     skopeo,
     tar_of,
@@ -94,6 +96,23 @@ def test_install_from_a_registry_applies_layers_whiteouts_and_config(
         assert (row["os_id"], row["default_uid"]) == ("ocitest", 1234)
     finally:
         service.ok("--unregister", "oci-reg")
+
+
+def test_a_multi_platform_image_is_resolved_to_this_machine(
+    service: Service, registry: Registry, scratch: Path
+) -> None:
+    """An image index (pushed with skopeo --all) whose first entry is another
+    architecture's: lxss takes this machine's entry, from the registry and the layout."""
+    image = whiteout_image(scratch / "multi")
+    make_multi_arch(image)
+    source = registry.push(image, "lxss/multi:1", "--all")
+    assert registry.manifest("lxss/multi", "1")["mediaType"] == OCI_INDEX
+    for from_where in (source, f"oci:{image.layout}:{image.tag}"):
+        install(service, from_where, "oci-multi")
+        try:
+            check_layers_applied(service, "oci-multi")
+        finally:
+            service.ok("--unregister", "oci-multi")
 
 
 def test_token_authentication_with_the_users_stored_credentials(
