@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
 TEST_USERS = ("lxsstest-a", "lxsstest-b")
 CACHE = Path("/var/cache/lxss-test")
+OTHER_RUNS = "/var/tmp/lxss-"  # where running_service() makes every run's root
 
 
 # The real commands, started as the lean launchers start them (-I -S, this checkout's src).
@@ -235,11 +236,12 @@ class HostState:
     def capture(cls, service: Service) -> HostState:
         with open("/proc/self/mountinfo") as f:
             # Ours would name lxss (state, runtime or cgroup paths); other tools on the machine
-            # (the benchmarks' podman) mount and unmount at will and are not ours to judge.
+            # (the benchmarks' podman) mount and unmount at will and are not ours to judge,
+            # nor are the services of other test runs (each has a root of its own there).
             mounts = frozenset(
                 " ".join(line.split()[3:5])
                 for line in f
-                if "lxss" in line or str(service.root) in line
+                if str(service.root) in line or ("lxss" in line and OTHER_RUNS not in line)
             )
         cgroups = set()
         for root in _cgroup_hierarchies():
@@ -333,26 +335,57 @@ def host_left_clean(request: pytest.FixtureRequest) -> Iterator[None]:
     assert after == before, f"the test left the host changed: {before.difference(after)}"
 
 
+# Test runs of several checkouts may share this machine. The test users are made by the
+# first run that needs them and removed by the last one still using them: every run holds
+# a shared flock on USERS_IN_USE while it runs, and users are only made or removed under
+# the exclusive USERS_CHANGING (where an exclusive, non-waiting USERS_IN_USE succeeds only
+# when no other run holds its share).
+USERS_CHANGING = Path("/run/lxss-test-users.changing")
+USERS_IN_USE = Path("/run/lxss-test-users.in-use")
+
+
+def _remove_test_users() -> None:
+    for user in TEST_USERS:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with contextlib.suppress(FileNotFoundError):
+            lines = Path(path).read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.split(":", 1)[0] not in TEST_USERS]
+            if kept != lines:
+                Path(path).write_text("".join(kept))
+
+
 @pytest.fixture(scope="session")
 def test_users() -> Iterator[tuple[str, str]]:
-    """Two unprivileged users made for the run (and removed with their subordinate ids)."""
+    """Two unprivileged users made for the run (and removed with their subordinate ids by
+    the last run on the machine that uses them)."""
     _require_root()
-    for user in TEST_USERS:
-        with contextlib.suppress(KeyError):
-            pwd.getpwnam(user)
-            subprocess.run(["userdel", "-r", user], capture_output=True, check=False)
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+    import fcntl
+
+    changing = os.open(USERS_CHANGING, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    in_use = os.open(USERS_IN_USE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        fcntl.flock(changing, fcntl.LOCK_EX)
+        try:
+            for user in TEST_USERS:
+                try:
+                    pwd.getpwnam(user)
+                except KeyError:
+                    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+            fcntl.flock(in_use, fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(changing, fcntl.LOCK_UN)
         yield TEST_USERS
     finally:
-        for user in TEST_USERS:
-            subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
-        for path in ("/etc/subuid", "/etc/subgid"):
-            with contextlib.suppress(FileNotFoundError):
-                lines = Path(path).read_text().splitlines(keepends=True)
-                kept = [line for line in lines if line.split(":", 1)[0] not in TEST_USERS]
-                if kept != lines:
-                    Path(path).write_text("".join(kept))
+        fcntl.flock(changing, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(in_use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another run still uses them: the last one removes them
+        else:
+            _remove_test_users()
+        os.close(in_use)
+        os.close(changing)
 
 
 @pytest.fixture(scope="session")
