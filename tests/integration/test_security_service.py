@@ -395,7 +395,7 @@ while time.monotonic() < deadline:
     except BlockingIOError:
         break
 print("pipelined", sent, flush=True)
-# 2. Bytes without a NUL: cut off after the 1 MiB a message may have.
+# 2. Bytes without a NUL: cut off after the 4 MiB a message may have (wire.MAX_MESSAGE).
 endless = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 endless.connect(path)
 endless.settimeout(10)

@@ -13,6 +13,7 @@ from conftest import Service
 from mgmt import call, varlink
 
 import lxss
+from lxss.api import wire
 
 INTERFACE_FILE = Path(lxss.__file__).parent / "api" / "io.lxss.Service.varlink"
 
@@ -113,7 +114,7 @@ def _raw(service: Service, data: bytes) -> bytes:
 
 def test_hostile_clients_are_dropped_and_the_service_keeps_serving(service: Service) -> None:
     for garbage in (b"not json\0", b"[1, 2, 3]\0", b'{"method": 5}\0', b"\xff\xfe\0",
-                    b"{" * 100_000 + b"\0", b"x" * ((1 << 20) + 4096)):  # fmt: skip
+                    b"{" * 100_000 + b"\0", b"x" * (wire.MAX_MESSAGE + 4096)):  # fmt: skip
         assert _raw(service, garbage) == b"", garbage[:20]
         [info] = varlink(service, {"method": "org.varlink.service.GetInfo"})
         assert info["parameters"]["product"] == "lxssd"

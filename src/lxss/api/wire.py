@@ -22,8 +22,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final
 
-MAX_MESSAGE: Final = 1 << 20
-"""Longest message accepted, in bytes (a hostile peer cannot make us buffer more)."""
+MAX_MESSAGE: Final = 4 << 20
+"""Longest message accepted, in bytes (a hostile peer cannot make us buffer more). Sized
+for CreateLxProcess: the argument list a distribution's exec takes with the usual 8 MiB
+stack limit (ARG_MAX, 2 MiB) fits twice over, as JSON. Only a list of mostly escaped
+characters (controls, bytes that are not UTF-8) or one for a larger stack limit can be
+longer; the client refuses those with one line rather than have every connection's
+buffer grow for them."""
 MAX_FDS: Final = 16
 """Most descriptors accepted with one message."""
 

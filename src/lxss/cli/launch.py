@@ -24,6 +24,7 @@ import select
 import termios
 import time
 
+from lxss.api import wire
 from lxss.cli import streams
 from lxss.cli.errors import CommandError
 from lxss.cli.manage import warn
@@ -75,6 +76,38 @@ def _join_command(words: list[str]) -> str:
     return " ".join(quoted)
 
 
+# The kernel's limit for one argv or environment string (MAX_ARG_STRLEN, 32 pages).
+MAX_ARG_STRLEN = 32 * os.sysconf("SC_PAGE_SIZE")
+POINTER_SIZE = 8  # the kernel counts a pointer per string as well
+
+
+def _check_argument_list(command_line: list[str], environment: list[str]) -> None:
+    """Refuse, before anything starts, an argument list the distribution's exec would refuse
+    (E2BIG): a string over MAX_ARG_STRLEN (the shell form joins its words into one), or
+    strings over ARG_MAX all told, or a call larger than lxssd accepts."""
+    total = 0
+    for word in (*command_line, *environment):
+        size = len(os.fsencode(word)) + 1
+        if size > MAX_ARG_STRLEN:
+            raise LaunchError(
+                f"the argument list is too long: one argument is {size - 1} bytes, and Linux "
+                f"takes at most {MAX_ARG_STRLEN - 1} (a shell command line counts as one)"
+            )
+        total += size + POINTER_SIZE
+    limit = os.sysconf("SC_ARG_MAX")
+    if total > limit:
+        raise LaunchError(
+            f"the argument list is too long: {total} bytes, and Linux takes at most {limit}"
+        )
+    if total > wire.MAX_MESSAGE // 6:  # JSON writes a byte in 6 at most: else it fits
+        encoded = len(wire.dumps({"commandLine": command_line, "environment": environment}))
+        if encoded > wire.MAX_MESSAGE - 65536:  # room for the call's other parameters
+            raise LaunchError(
+                f"the argument list is too long: {encoded} bytes as a call to lxssd, which "
+                f"takes at most {wire.MAX_MESSAGE - 65536}"
+            )
+
+
 def _environment() -> list[str]:
     names = list(PASSED_ENVIRONMENT)
     names += [n for n in os.environ.get("LXSSENV", "").split(":") if n and n not in names]
@@ -94,6 +127,7 @@ def _parameters(request: Launch, ttys: list[bool], for_uid: int | None) -> dict[
         host_cwd: str | None = os.getcwd()
     except OSError:
         host_cwd = None
+    _check_argument_list(command_line, environment := _environment())
     if request.cwd is not None and not request.cwd.startswith(("/", "~")):
         raise LaunchError(f"--cd {request.cwd}: give an absolute path in the distribution, or ~")
     rows, columns = 24, 80
@@ -109,7 +143,7 @@ def _parameters(request: Launch, ttys: list[bool], for_uid: int | None) -> dict[
         "hostCwd": host_cwd,
         "username": request.user,
         "shellType": shell_type,
-        "environment": _environment(),
+        "environment": environment,
         "rows": rows,
         "columns": columns,
         "consoleId": os.getsid(0),
