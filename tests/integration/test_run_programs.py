@@ -242,7 +242,7 @@ def test_host_directory_is_the_start_directory(
 # What init set up ----------------------------------------------------------------------
 
 
-def test_init_mounts_proc_sys_dev_run_tmp(service: Service, busybox: str) -> None:
+def test_init_mounts_proc_sys_dev_run(service: Service, busybox: str) -> None:
     result = service.ok("-d", busybox, "-e", "cat", "/proc/self/mountinfo")
     mounted = {}
     for line in result.out.splitlines():
@@ -253,7 +253,7 @@ def test_init_mounts_proc_sys_dev_run_tmp(service: Service, busybox: str) -> Non
     assert mounted["/dev"] == "tmpfs"
     assert mounted["/dev/pts"] == "devpts"
     assert mounted["/run"] == "tmpfs"
-    assert mounted["/tmp"] == "tmpfs"
+    assert "/tmp" not in mounted  # on the distribution's disk, as in WSL
     # pid 1 is the distribution's own init.
     assert service.ok("-d", busybox, "-e", "cat", "/proc/1/comm").out.startswith("lxss-init")
 

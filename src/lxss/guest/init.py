@@ -1,11 +1,12 @@
 """init: pid 1 of one distribution (WSL's init; technical documentation: init.md).
 
 Runs in the distribution's namespaces, after mini_init has mounted /proc, /sys,
-/dev (with its own devpts), /run, /tmp and pivoted into the distribution's
-root. Then, in order:
+/dev (with its own devpts), /run and pivoted into the distribution's root. Then,
+in order:
 
 1. read /etc/wsl.conf (warnings go back to the user);
-2. apply what it says about the hostname, /etc/hosts and the host mount;
+2. apply what it says about the hostname, /etc/hosts and the host mount, and mount
+   what /etc/fstab lists (`mount -a`, unless [automount] mountFsTab = false);
 3. report CreateInstanceResult, which the service is waiting for;
 4. serve the service's channel: Initialize, CreateSession (forks a session
    leader), TerminateInstance; reap every orphan of the distribution.
@@ -23,6 +24,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 from lxss.config.osrelease import parse_os_release
 from lxss.config.wslconf import read_wsl_conf
@@ -86,6 +88,10 @@ class Init:
             with contextlib.suppress(OSError):
                 sc.umount2(self.host_mount, sc.MNT_DETACH)
             self.host_mount = None
+        if self.conf.automount_mount_fs_tab:
+            warning = mount_fstab()
+            if warning:
+                self.warnings.append(warning)
 
     def context(self) -> Context:
         """What a session leader needs to plan processes (re-read users each time)."""
@@ -209,6 +215,69 @@ class Init:
             for fd in fds:
                 os.close(fd)
             handlers[type(message)](header, message)  # type: ignore[operator]
+
+
+MOUNT_PROGRAMS = ("/usr/bin/mount", "/bin/mount")
+FSTAB_TIMEOUT = 30.0  # a network file system in fstab must not keep the start waiting for ever
+
+
+def mount_fstab() -> str | None:
+    """`mount -a` with the distribution's own mount(8), as WSL's init does, when it has an
+    /etc/fstab; a warning for the user if that failed (the start carries on)."""
+    if not os.path.isfile("/etc/fstab"):
+        return None
+    program = next((p for p in MOUNT_PROGRAMS if os.access(p, os.X_OK)), None)
+    if program is None:
+        return "/etc/fstab is not mounted: the distribution has no mount program"
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(read_end)
+        os.close(write_end)
+        return f"/etc/fstab is not mounted: {e.strerror}"
+    if pid == 0:
+        try:
+            _reset_child()
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.dup2(write_end, 2)
+            os.execve(program, [program, "-a"], _boot_environment())
+        finally:
+            os._exit(127)
+    os.close(write_end)
+    try:
+        errors, status = _collect(read_end, pid, FSTAB_TIMEOUT)
+    finally:
+        os.close(read_end)
+    if status == 0:
+        return None
+    detail = errors.decode(errors="replace").strip().splitlines()
+    reason = detail[-1] if detail else f"{program} -a failed (status {status})"
+    return f"mounting /etc/fstab failed: {reason}"
+
+
+def _collect(fd: int, pid: int, timeout: float) -> tuple[bytes, int | None]:
+    """What the child writes to *fd* (its stderr), then its exit code; a child still
+    running after *timeout* seconds is killed and reaped (exit code None)."""
+    output = b""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:  # it exited (or closed its stderr): now wait for it
+            while time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return output, os.waitstatus_to_exitcode(status)
+                time.sleep(0.02)
+            break
+        output = (output + chunk)[-4096:]  # the end is where the reason is
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return output, None
 
 
 def _lang() -> str:

@@ -138,7 +138,10 @@ class RootLayout:
 
 
 def distribution_plan(layout: RootLayout) -> list[Operation]:
-    """The mounts of a distribution's root, in order, all below *layout.root*."""
+    """The mounts of a distribution's root, in order, all below *layout.root*.
+
+    /tmp is not among them: as in WSL it is the distribution's own directory, on its disk,
+    unless its /etc/fstab (init runs `mount -a`) or its systemd mounts something there."""
     root = layout.root
     dev = f"{root}/dev"
     plan: list[Operation] = [
@@ -176,7 +179,6 @@ def distribution_plan(layout: RootLayout) -> list[Operation]:
         Mount("tmpfs", f"{root}/run", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755"),
         Directory(f"{root}/run/lock", 0o1777),
         Directory(f"{root}/run/user", 0o755),
-        Mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777"),
         Mount(layout.shared_dir, f"{root}/mnt/wsl", None, sc.MS_BIND | sc.MS_REC),
     ]
     return plan
