@@ -259,8 +259,8 @@ def main(argv: list[str]) -> int:
     client = Client(path)
     for i in range(count):
         fds: list[int] = []
-        if i % 2000 == 1999:  # a few: each costs 2 MiB
-            name, data = "oversized", b"x" * (2 << 20)
+        if i % 2000 == 1999:  # a few, past lxssd's 4 MiB (lxss.api.wire.MAX_MESSAGE)
+            name, data = "oversized", b"x" * (5 << 20)
         elif i % 10 == 7:
             name = "fds"
             data = kinds[rng.choice(names)]()
