@@ -1,12 +1,13 @@
-"""What a distribution finds around it, as in WSL: /tmp on its own disk (kept across stops),
-unless its /etc/fstab mounts something there."""
+"""What a distribution finds around it, as in WSL: /tmp on its own disk (kept across stops)
+unless its /etc/fstab mounts something there, and as many CPUs as [wsl2] processors says."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from conftest import Service
-from run_support import private_distribution, write_wsl_conf
+from run_support import machine_config, private_distribution, write_wsl_conf
 
 
 def _mount_types(service: Service, name: str) -> dict[str, str]:
@@ -51,3 +52,15 @@ def test_an_fstab_entry_for_tmp_is_mounted_at_start(service: Service, tmp_path: 
         # [automount] mountFsTab = false: /etc/fstab is left alone.
         write_wsl_conf(service, name, "[automount]\nmountFsTab = false\n")
         assert "/tmp" not in _mount_types(service, name)
+
+
+def test_wsl2_processors_is_the_number_of_cpus_programs_see(service: Service, busybox: str) -> None:
+    # As in a VM with that many processors: nproc (sched_getaffinity) shows the limit.
+    host_cpus = len(os.sched_getaffinity(0))
+    assert service.ok("-d", busybox, "-e", "nproc").out == f"{host_cpus}\n"
+    with machine_config(service, "[wsl2]\nprocessors=1\n"):
+        assert service.ok("-d", busybox, "-e", "nproc").out == "1\n"
+        assert service.ok("-d", busybox, "--", "grep Cpus_allowed_list /proc/self/status").out == (
+            "Cpus_allowed_list:\t0\n"
+        )
+    assert service.ok("-d", busybox, "-e", "nproc").out == f"{host_cpus}\n"

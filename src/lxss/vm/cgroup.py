@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-LIMITED_CONTROLLERS: Final = ("memory", "pids", "cpu")
+LIMITED_CONTROLLERS: Final = ("memory", "pids", "cpu", "cpuset")
 CPU_PERIOD_US: Final = 100_000
 
 
@@ -83,6 +83,33 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
+def _read(directory: str, name: str) -> str:
+    with open(os.path.join(directory, name)) as f:
+        return f.read().strip()
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """A kernel CPU list ("0-3,8,10-11", see cpuset(7)) as CPU numbers, in order."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def format_cpu_list(cpus: list[int]) -> str:
+    """CPU numbers as a kernel CPU list, each run of consecutive numbers as a range."""
+    runs: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _read_pids(path: str) -> list[int]:
     try:
         with open(os.path.join(path, "cgroup.procs")) as f:
@@ -116,6 +143,33 @@ class Cgroup:
             self._limit("cpu", "cpu.max", "", f"{quota} {CPU_PERIOD_US}")
         else:
             self._limit("cpu", "", "cpu.cfs_quota_us", str(quota))
+        self._limit_cpuset(limits.processors)
+
+    def _limit_cpuset(self, processors: int) -> None:
+        """Confine the cgroup to *processors* CPUs (the first of those its parent has), so
+        that the VM's programs see that many (nproc, sched_getaffinity) as a VM's would.
+
+        A cgroup v1 cpuset starts with no CPUs and no memory nodes, and takes no process
+        until it has both: every level below the hierarchy's root gets its parent's first.
+        """
+        home = self.layout.home_of("cpuset")
+        if home is None:
+            return
+        v2 = home == self.layout.unified
+        parent = home
+        parts = self.relative.split("/")
+        for depth, part in enumerate(parts):
+            path = os.path.join(parent, part)
+            if depth == len(parts) - 1:
+                available = parse_cpu_list(
+                    _read(parent, "cpuset.cpus.effective" if v2 else "cpuset.cpus")
+                )
+                _write(os.path.join(path, "cpuset.cpus"), format_cpu_list(available[:processors]))
+            elif not v2 and not _read(path, "cpuset.cpus"):
+                _write(os.path.join(path, "cpuset.cpus"), _read(parent, "cpuset.cpus"))
+            if not v2 and not _read(path, "cpuset.mems"):
+                _write(os.path.join(path, "cpuset.mems"), _read(parent, "cpuset.mems"))
+            parent = path
 
     def _enable_v2_controllers(self) -> None:
         """Let our subtree use the controllers cgroup2 has (each ancestor must enable them)."""
