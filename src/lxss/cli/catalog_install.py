@@ -11,7 +11,6 @@ registers an archive.
 from __future__ import annotations
 
 import os
-import sys
 
 from lxss.catalog import Catalog, CatalogError, Entry
 from lxss.cli import manage as commands
@@ -109,7 +108,7 @@ def list_online(options: dict[str, str | bool]) -> int:
 def install_from_catalog(source: str, target: InstallTarget) -> str:
     """`--install NAME` (or none: the catalog's Default): download, verify, register."""
     from lxss.catalog import default_name, lookup
-    from lxss.cli.download import download
+    from lxss.cli.download import download_and_register
 
     try:
         catalogs = load_catalogs()
@@ -126,13 +125,9 @@ def install_from_catalog(source: str, target: InstallTarget) -> str:
     if len(catalogs) > 1 and entry.origin == catalogs[0].origin:
         _warn_if_overridden(catalogs, entry)
     _refuse_a_taken_name(target.name or entry.name, target.for_uid)
-    path = download(entry.image.url, entry.image.sha256, f"Downloading {entry.friendly_name}",
-                    quiet=target.quiet)  # fmt: skip
-    if not target.quiet:
-        sys.stderr.write(f"Installing {one_line(entry.friendly_name)}...\n")
-    registered = target.register(entry.name, archive=path)
-    os.unlink(path)  # registered: the image is in the distribution now
-    return registered
+    label = f"Downloading {one_line(entry.friendly_name)}"
+    return download_and_register(entry.image.url, entry.image.sha256, label, target.quiet,
+                         lambda fd: target.register(entry.name, stream_fd=fd))  # fmt: skip
 
 
 def _refuse_a_taken_name(name: str, for_uid: int | None) -> None:

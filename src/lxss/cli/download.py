@@ -1,4 +1,5 @@
-"""Downloading a distribution image into the user's cache, verified, resumable.
+"""Downloading a distribution image into the user's cache, verified, resumable, and
+streamed to the service as it arrives.
 
 The lxss client downloads as the user who runs it, with that user's proxy settings (urllib
 reads http_proxy, https_proxy and no_proxy from the environment), as wsl.exe downloads for
@@ -7,12 +8,17 @@ its user: the root service never fetches a URL. The image goes to a per-user cac
 ``<sha256>.partial`` until it is complete and verified, then ``<sha256>.wsl``:
 
 - the SHA-256 is computed while the bytes arrive (no second pass over them);
+- the bytes also go, as they arrive, into a pipe the service unpacks from, so unpacking
+  overlaps the download; the last `HOLD` bytes are held back until the SHA-256 is right. A
+  download that fails or does not match closes the pipe without them: the service sees a
+  truncated archive (its decompressor's trailer or tar's end-of-archive blocks are missing),
+  refuses it and removes what it had unpacked, so nothing unverified is ever registered;
 - an interrupted download keeps its partial file, and the next run asks the server for the
-  rest with an HTTP Range request (the bytes already there are hashed once, from the file);
-  a server that ignores the Range gets the download started over;
+  rest with an HTTP Range request (the bytes already there are hashed and streamed once,
+  from the file); a server that ignores the Range gets the download started over;
 - a file whose SHA-256 is not the catalog's is deleted, and the error gives both hashes;
-- a verified image stays in the cache until the caller has used it (an install whose
-  registration failed, say for a taken name, needs no second download);
+- a verified image stays in the cache until it is registered (an install whose registration
+  failed needs no second download);
 - two lxss commands downloading the same image do not write the same file: the second one
   is told to wait (flock on the partial file).
 """
@@ -27,11 +33,15 @@ from lxss.cli.progress import Progress
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from http.client import HTTPResponse
     from urllib.response import addinfourl
 
 CHUNK = 1 << 20
 TIMEOUT = 60.0  # seconds without a byte from the server before giving up (resumable)
+# Held back from the service until verified: more than any trailer (gzip's 8 bytes, zstd's
+# and xz's checksums) and than tar's end-of-archive blocks plus a record's padding (10 KiB).
+HOLD = 64 << 10
 
 
 def cache_directory() -> str:
@@ -54,7 +64,8 @@ def _make_private_directory(path: str) -> None:
         raise CommandError(f"cannot create the download cache {path}: {e.strerror}") from None
 
 
-def _hash_of_file(fd: int, size: int) -> hashlib._Hash:
+def _hash_of_file(fd: int, size: int, feed: _Feed | None = None) -> hashlib._Hash:
+    """The SHA-256 of the first `size` bytes of `fd`, which also go to `feed` if given."""
     digest = hashlib.sha256()
     os.lseek(fd, 0, os.SEEK_SET)
     remaining = size
@@ -63,8 +74,47 @@ def _hash_of_file(fd: int, size: int) -> hashlib._Hash:
         if not chunk:
             break
         digest.update(chunk)
+        if feed is not None:
+            feed.write(chunk)
         remaining -= len(chunk)
     return digest
+
+
+class ServiceStopped(Exception):
+    """The service closed its end of the image's pipe: its own error says why."""
+
+
+class _Feed:
+    """The write end of the pipe the service unpacks from, holding back the last HOLD
+    bytes until release(). Owns the descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._pending += data
+        if len(self._pending) > HOLD:
+            cut = len(self._pending) - HOLD
+            self._send(memoryview(self._pending)[:cut])
+            del self._pending[:cut]
+
+    def release(self) -> None:
+        """The image is verified: the held-back tail goes too."""
+        self._send(memoryview(self._pending))
+        self._pending.clear()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def _send(self, view: memoryview) -> None:
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except BrokenPipeError:
+            raise ServiceStopped from None
+        finally:
+            view.release()
 
 
 def _content_range_start(value: str | None) -> int | None:
@@ -104,9 +154,9 @@ def open_url(url: str, failure: str, offset: int = 0) -> HTTPResponse | addinfou
         raise CommandError(f"{failure}: {e}") from None
 
 
-def _transfer(url: str, fd: int, label: str, quiet: bool) -> hashlib._Hash:
-    """Fill the open partial file `fd` from `url`, resuming after what it holds; returns
-    the SHA-256 of the whole file."""
+def _transfer(url: str, fd: int, label: str, quiet: bool, feed: _Feed) -> hashlib._Hash:
+    """Fill the open partial file `fd` from `url`, resuming after what it holds, and stream
+    the whole file into `feed`; returns its SHA-256."""
     import http.client
 
     offset = os.fstat(fd).st_size
@@ -124,7 +174,7 @@ def _transfer(url: str, fd: int, label: str, quiet: bool) -> hashlib._Hash:
                        != offset):  # fmt: skip
             offset = 0  # the server sends the whole file: take it from the start
         os.ftruncate(fd, offset)
-        digest = _hash_of_file(fd, offset) if offset else hashlib.sha256()
+        digest = _hash_of_file(fd, offset, feed) if offset else hashlib.sha256()
         os.lseek(fd, offset, os.SEEK_SET)
         total = offset + int(length) if length and length.isdigit() else None
         received = offset
@@ -142,6 +192,7 @@ def _transfer(url: str, fd: int, label: str, quiet: bool) -> hashlib._Hash:
                     break
                 digest.update(chunk)
                 _write_all(fd, chunk)
+                feed.write(chunk)
                 received += len(chunk)
                 progress.advance(len(chunk))
         if total is not None and received < total:
@@ -188,13 +239,9 @@ def _still_named(fd: int, path: str) -> bool:
         return False
 
 
-def download(url: str, sha256: str, label: str, quiet: bool = False) -> str:
-    """The path of a verified copy of `url` in the user's cache, downloading what is missing.
-
-    `sha256` is the lower-case hex digest the file must have. Raises CommandError on any
-    failure: a transfer that stopped keeps its partial file for the next run; a file with
-    the wrong hash is deleted. The caller removes the returned file once it is used.
-    """
+def _open_partial(url: str, sha256: str) -> tuple[int, str, str] | str:
+    """The locked partial file for `sha256` (fd, its path, the complete file's path), or
+    the path of an already complete and verified download."""
     import fcntl
 
     directory = os.path.join(cache_directory(), "downloads")
@@ -208,17 +255,23 @@ def download(url: str, sha256: str, label: str, quiet: bool = False) -> str:
     except OSError as e:
         raise CommandError(f"cannot write {partial}: {e.strerror}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CommandError(
-                f"another lxss command is downloading {url}; wait for it to finish"
-            ) from None
-        if not _still_named(fd, partial):  # another lxss finished it while we opened it
-            if _verified(complete, sha256):
-                return complete
-            raise CommandError(f"another lxss command has just used {url}; run this one again")
-        actual = _transfer(url, fd, label, quiet).hexdigest()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _still_named(fd, partial):
+            return fd, partial, complete
+    except BlockingIOError:
+        os.close(fd)
+        raise CommandError(f"another lxss command is downloading {url}; wait for it") from None
+    os.close(fd)  # another lxss finished it while we opened it
+    if _verified(complete, sha256):
+        return complete
+    raise CommandError(f"another lxss command has just used {url}; run this one again")
+
+
+def _download(url: str, sha256: str, label: str, quiet: bool, fd: int, partial: str,
+              complete: str, feed: _Feed) -> None:  # fmt: skip
+    """The download thread: fill the partial file and the feed, verify, release the tail."""
+    try:
+        actual = _transfer(url, fd, label, quiet, feed).hexdigest()
         if actual != sha256:
             os.unlink(partial)
             raise CommandError(
@@ -226,6 +279,73 @@ def download(url: str, sha256: str, label: str, quiet: bool = False) -> str:
                 f"expects {sha256}; the file was deleted"
             )
         os.rename(partial, complete)
+        feed.release()
     finally:
+        feed.close()
         os.close(fd)
-    return complete
+
+
+def download_and_register(
+    url: str, sha256: str, label: str, quiet: bool, register: Callable[[int], str]
+) -> str:
+    """Download `url` (SHA-256 `sha256`, lower-case hex) and `register` it, returning what
+    `register` returns: `register` gets a descriptor to read the image from (it keeps it;
+    the caller closes it) while the download fills it.
+
+    Raises CommandError for a failed or wrong download, whatever `register` then says (its
+    failure is the download's consequence); else `register`'s own error. The cached image
+    is removed once registered.
+    """
+    import threading
+
+    opened = _open_partial(url, sha256)
+    if isinstance(opened, str):  # downloaded and verified by an earlier run
+        with open(opened, "rb") as image:
+            name = register(image.fileno())
+        os.unlink(opened)
+        return name
+    fd, partial, complete = opened
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    _widen_pipe(write_end)
+    feed = _Feed(write_end)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _download(url, sha256, label, quiet, fd, partial, complete, feed)
+        except ServiceStopped:
+            pass  # register() raises the service's error
+        except BaseException as e:  # handed to the main thread, which raises it
+            failure.append(e)
+
+    thread = threading.Thread(target=run, name="lxss-download", daemon=True)
+    thread.start()
+    try:
+        name = register(read_end)
+    except KeyboardInterrupt:
+        raise  # the thread is a daemon; the partial file stays for the next run
+    except BaseException:
+        os.close(read_end)
+        read_end = -1
+        thread.join(TIMEOUT + 30)  # its next write fails: the pipe has no reader now
+        if failure:
+            raise failure[0] from None
+        raise
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
+    thread.join(TIMEOUT + 30)  # registered: the download has ended
+    if failure:
+        raise failure[0]
+    os.unlink(complete)
+    return name
+
+
+def _widen_pipe(fd: int) -> None:
+    """1 MiB of pipe buffer instead of 64 KiB: fewer switches between us and the unpacker."""
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size for this user: the default works too

@@ -65,14 +65,20 @@ class InstallTarget:
         self.quiet = quiet  # no progress output (-q)
 
     def register(
-        self, default_name: str, archive: str | None = None, builtin: str | None = None
+        self,
+        default_name: str,
+        archive: str | None = None,
+        builtin: str | None = None,
+        stream_fd: int | None = None,
     ) -> str:
-        """Register an archive (a path, opened here as the user) or a built-in under the
-        user's name or `default_name`; returns the name registered."""
+        """Register an archive (a path, opened here as the user), a built-in, or the archive
+        read from `stream_fd` (lent: the caller closes it) under the user's name or
+        `default_name`; returns the name registered."""
         name = self.name or default_name
         with connect() as client:
             commands.register(client, name, self.version, self.location, archive=archive,
-                              builtin=builtin, for_uid=self.for_uid)  # fmt: skip
+                              builtin=builtin, for_uid=self.for_uid,
+                              stream_fd=stream_fd)  # fmt: skip
         return name
 
 
