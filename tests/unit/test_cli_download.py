@@ -1,0 +1,90 @@
+"""The download's pure parts (lxss.cli.download): where the cache is, Content-Range, and the
+feed to the service that holds the image's tail back until it is verified."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from lxss.cli import download
+from lxss.cli.download import HOLD, ServiceStopped, _content_range_start, _Feed, cache_directory
+
+
+def test_the_cache_follows_xdg_then_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "/srv/cache")
+    monkeypatch.setenv("HOME", "/home/alice")
+    assert cache_directory() == "/srv/cache/lxss"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # the XDG spec: absolute only
+    assert cache_directory() == "/home/alice/.cache/lxss"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.delenv("HOME")
+    import pwd
+
+    assert cache_directory() == os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".cache/lxss")
+
+
+@pytest.mark.parametrize(
+    ("value", "start"),
+    [("bytes 100-199/200", 100), ("bytes 0-9/*", 0), ("bytes */200", None), ("", None),
+     (None, None), ("items 1-2/3", None)],
+)  # fmt: skip
+def test_content_range_start(value: str | None, start: int | None) -> None:
+    assert _content_range_start(value) == start
+
+
+def _drain(fd: int, into: bytearray) -> threading.Thread:
+    def read() -> None:
+        while chunk := os.read(fd, 1 << 16):
+            into.extend(chunk)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread
+
+
+def test_the_feed_holds_the_tail_back_until_released() -> None:
+    read_end, write_end = os.pipe()
+    received = bytearray()
+    reader = _drain(read_end, received)
+    feed = _Feed(write_end)
+    data = os.urandom(3 * HOLD + 123)
+    for i in range(0, len(data), 1000):
+        feed.write(data[i : i + 1000])
+    feed.release()
+    feed.close()
+    reader.join(30)
+    os.close(read_end)
+    assert bytes(received) == data
+
+
+def test_an_unreleased_feed_never_sends_the_last_bytes() -> None:
+    read_end, write_end = os.pipe()
+    received = bytearray()
+    reader = _drain(read_end, received)
+    feed = _Feed(write_end)
+    data = os.urandom(2 * HOLD + 5)
+    feed.write(data)
+    feed.close()  # a failed or wrong download: closed without release()
+    reader.join(30)
+    os.close(read_end)
+    assert bytes(received) == data[: len(data) - HOLD]
+    small = _Feed(os.pipe()[1])
+    small.write(b"x" * (HOLD - 1))  # a small image: nothing at all until verified
+    assert small._pending == bytearray(b"x" * (HOLD - 1))
+    small.close()
+
+
+def test_a_closed_reader_is_service_stopped() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    feed = _Feed(write_end)
+    with pytest.raises(ServiceStopped):
+        feed.write(b"x" * (HOLD + 1))
+    feed.close()
+
+
+def test_an_unsupported_scheme_is_refused_before_any_connection() -> None:
+    with pytest.raises(download.CommandError, match="only file://, http:// and https://"):
+        download.open_url("ftp://example.test/x.wsl", "cannot download ftp://example.test/x.wsl")
