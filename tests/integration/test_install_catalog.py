@@ -73,12 +73,15 @@ def _handler(served: Served) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_response(200)
             self.send_header("Content-Length", str(len(body) - start))
             self.end_headers()
-            if drop is not None:
-                self.wfile.write(body[start:drop])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self.wfile.write(body[start:])
+            try:
+                if drop is not None:
+                    self.wfile.write(body[start:drop])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body[start:])
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (a full cache): its business
 
     return Handler
 

@@ -34,46 +34,39 @@ def test_content_range_start(value: str | None, start: int | None) -> None:
     assert _content_range_start(value) == start
 
 
-def _drain(fd: int, into: bytearray) -> threading.Thread:
-    def read() -> None:
-        while chunk := os.read(fd, 1 << 16):
-            into.extend(chunk)
-
-    thread = threading.Thread(target=read)
-    thread.start()
-    return thread
-
-
-def test_the_feed_holds_the_tail_back_until_released() -> None:
+def _through_feed(data: bytes, step: int, release: bool) -> bytes:
+    """What a reader of the feed's pipe gets when `data` is written `step` bytes at a time,
+    then released (a verified image) or not (a failed one)."""
     read_end, write_end = os.pipe()
     received = bytearray()
-    reader = _drain(read_end, received)
+
+    def read() -> None:
+        while chunk := os.read(read_end, 1 << 16):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
     feed = _Feed(write_end)
-    data = os.urandom(3 * HOLD + 123)
-    for i in range(0, len(data), 1000):
-        feed.write(data[i : i + 1000])
-    feed.release()
+    for i in range(0, len(data), step):
+        feed.write(data[i : i + step])
+    if release:
+        feed.release()
     feed.close()
     reader.join(30)
     os.close(read_end)
-    assert bytes(received) == data
+    return bytes(received)
+
+
+def test_the_feed_holds_the_tail_back_until_released() -> None:
+    data = os.urandom(3 * HOLD + 123)
+    assert _through_feed(data, 1000, release=True) == data
 
 
 def test_an_unreleased_feed_never_sends_the_last_bytes() -> None:
-    read_end, write_end = os.pipe()
-    received = bytearray()
-    reader = _drain(read_end, received)
-    feed = _Feed(write_end)
     data = os.urandom(2 * HOLD + 5)
-    feed.write(data)
-    feed.close()  # a failed or wrong download: closed without release()
-    reader.join(30)
-    os.close(read_end)
-    assert bytes(received) == data[: len(data) - HOLD]
-    small = _Feed(os.pipe()[1])
-    small.write(b"x" * (HOLD - 1))  # a small image: nothing at all until verified
-    assert small._pending == bytearray(b"x" * (HOLD - 1))
-    small.close()
+    assert _through_feed(data, len(data), release=False) == data[: len(data) - HOLD]
+    # A small image: nothing at all until it is verified.
+    assert _through_feed(b"x" * (HOLD - 1), 100, release=False) == b""
 
 
 def test_a_closed_reader_is_service_stopped() -> None:
