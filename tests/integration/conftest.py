@@ -73,6 +73,7 @@ class Service:
     cgroup_name: str
     process: subprocess.Popen[bytes] | None = None
     users_seen: set[str] = field(default_factory=set)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. shorter timeouts
 
     @property
     def state_dir(self) -> Path:
@@ -99,6 +100,7 @@ class Service:
             "LXSS_CGROUP_NAME": self.cgroup_name,
             "LXSS_MACHINE_CONFIG": str(self.machine_config),
             "LANG": "C.UTF-8",
+            **self.extra_env,
         }
 
     @property
@@ -288,10 +290,10 @@ def _remove_empty_cgroups(name: str) -> None:
 
 
 @contextlib.contextmanager
-def running_service(name: str) -> Iterator[Service]:
+def running_service(name: str, env: dict[str, str] | None = None) -> Iterator[Service]:
     _require_root()
     root = Path(tempfile.mkdtemp(prefix=f"lxss-{name}-", dir="/var/tmp"))
-    service = Service(root, f"lxss-test-{name}-{os.getpid()}")
+    service = Service(root, f"lxss-test-{name}-{os.getpid()}", extra_env=dict(env or {}))
     service.machine_config.write_text("")
     try:
         service.start()

@@ -15,6 +15,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/mount.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -310,6 +311,65 @@ static int do_ctty(void) {
 }
 
 /*
+ * Hold connections to the service's socket as many users at once: for each uid 1..UIDS
+ * a child becomes that uid (distribution root may be any of its ids), connects PER_UID
+ * times and makes one GetVersion call on each, which answers (held) or ServiceBusy
+ * (refused); then every child keeps its connections until stdin closes. Prints
+ * "hold: held=H refused=R failed=F" once every connection has had its answer.
+ */
+static int hold_as(const char *path, int uid, int per_uid, int out) {
+    if (setgroups(0, NULL) < 0 || setgid(uid) < 0 || setuid(uid) < 0)
+        return dprintf(out, "0 0 %d\n", per_uid), 1;
+    struct sockaddr_un address = {.sun_family = AF_UNIX};
+    snprintf(address.sun_path, sizeof address.sun_path, "%s", path);
+    const char call[] = "{\"method\": \"io.lxss.Service.GetVersion\", \"parameters\": {}}";
+    int held = 0, refused = 0, failed = 0;
+    for (int i = 0; i < per_uid; i++) {
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct timeval limit = {.tv_sec = 60};
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+        char reply[4096] = {0};
+        ssize_t n = -1;
+        if (connect(s, (struct sockaddr *)&address, sizeof address) == 0 &&
+            send(s, call, sizeof call, MSG_NOSIGNAL) == (ssize_t)sizeof call)
+            n = recv(s, reply, sizeof reply - 1, 0);
+        if (n > 0 && strstr(reply, "ServiceBusy") == NULL)
+            held++; /* kept open */
+        else if (n > 0)
+            refused++, close(s);
+        else
+            failed++, close(s);
+    }
+    dprintf(out, "%d %d %d\n", held, refused, failed);
+    close(out);
+    char buffer[64];
+    while (read(0, buffer, sizeof buffer) > 0)
+        ;
+    return 0;
+}
+
+static int do_hold(const char *path, int uids, int per_uid) {
+    int answers_pipe[2];
+    if (pipe(answers_pipe) < 0)
+        return report("hold", -1);
+    for (int uid = 1; uid <= uids; uid++) {
+        if (fork() == 0) {
+            close(answers_pipe[0]);
+            _exit(hold_as(path, uid, per_uid, answers_pipe[1]));
+        }
+    }
+    close(answers_pipe[1]);
+    FILE *answers = fdopen(answers_pipe[0], "r");
+    long held = 0, refused = 0, failed = 0, h, r, f;
+    while (fscanf(answers, "%ld %ld %ld", &h, &r, &f) == 3)
+        held += h, refused += r, failed += f;
+    printf("hold: held=%ld refused=%ld failed=%ld\n", held, refused, failed);
+    while (wait(NULL) > 0)
+        ;
+    return 0;
+}
+
+/*
  * Connect to a Unix socket and send COUNT pseudo-random garbage messages, each
  * NUL-terminated, reconnecting whenever the peer closes. Prints how many were sent,
  * how many replies came back and how many times the peer hung up.
@@ -405,6 +465,8 @@ int main(int argc, char **argv) {
         return do_fds();
     if (!strcmp(c, "ctty") && argc == 2)
         return do_ctty();
+    if (!strcmp(c, "hold") && argc == 5)
+        return do_hold(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (!strcmp(c, "garbage") && argc == 5)
         return do_garbage(argv[2], atoi(argv[3]), (unsigned)atoi(argv[4]));
     return usage();

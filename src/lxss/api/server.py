@@ -1,11 +1,13 @@
 """The Varlink server: accepts connections, checks calls against the interface
 file, and dispatches them to a handler object's `Method` coroutines.
 
-Every client is untrusted: messages are size-bounded, a message left half-sent
-is dropped after a timeout, connections are capped per uid and in total, and a
-handler's unexpected exception becomes an InternalError reply (logged once)
-while the server keeps serving. The caller's identity is what the kernel says
-(SO_PEERCRED), never what the caller says.
+Every client is untrusted: messages are size-bounded, a connection idle or
+mid-message for too long is dropped, connections are capped per owning user and
+in total with a reserve only root may use, running out of descriptors refuses
+new clients (cleanly) without stopping the server, and a handler's unexpected
+exception becomes an InternalError reply (logged once) while the server keeps
+serving. The caller's identity is what the kernel says (SO_PEERCRED), never what
+the caller says.
 """
 
 from __future__ import annotations
@@ -40,12 +42,34 @@ error InvalidParameter (parameter: string)
 """
 
 
+# accept() failing for want of a resource: the listener is fine, the process (or machine)
+# is out of descriptors or memory for now.
+_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_ACCEPT_BACKOFF_MAX = 1.0
+
+
 @dataclass(frozen=True)
 class Limits:
-    per_uid_connections: int = 64
+    """Connection limits. A user's connections are counted with those of its
+    subordinate ids (see `VarlinkServer.owner_of`); `reserve` of the `connections`
+    are root's alone, so root can always reach a service that users have filled."""
+
+    per_owner_connections: int = 64
     connections: int = 1024
-    first_message_timeout: float = 60.0
-    partial_message_timeout: float = 30.0
+    reserve: int = 64
+    idle_timeout: float = 60.0  # no message begun for this long: the connection is closed
+    message_timeout: float = 30.0  # a message begun must end within this, however sent
+
+    def refusal(self, owner: int, of_owner: int, total: int) -> str | None:
+        """Why a new connection of *owner* (who holds *of_owner* of *total*) is refused."""
+        if total >= self.connections:
+            return "too many connections"
+        if owner != 0:
+            if of_owner >= self.per_owner_connections:
+                return "too many connections of this user"
+            if total >= self.connections - self.reserve:
+                return "too many connections (the rest are kept for root)"
+        return None
 
 
 @dataclass(frozen=True)
@@ -123,21 +147,33 @@ class Connection:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
+        limits = self.server.limits
+        message_deadline: float | None = None  # of the message begun, if one has
         try:
-            timeout: float | None = self.server.limits.first_message_timeout
             while True:
                 message = self._buffer.pop()
                 if message is None:
+                    if not self._buffer.pending:
+                        message_deadline = None
+                        timeout = limits.idle_timeout
+                    else:
+                        if message_deadline is None:
+                            message_deadline = loop.time() + limits.message_timeout
+                        # One deadline for the whole message: a byte now and then does not
+                        # keep a half-sent message alive.
+                        timeout = max(0.0, message_deadline - loop.time())
                     if not await self._receive(loop, timeout):
                         return
-                    timeout = (
-                        self.server.limits.partial_message_timeout if self._buffer.pending else None
-                    )
                     continue
+                message_deadline = None
                 frame, fds = message
                 if not await self._dispatch(frame, fds):
                     return
-        except (wire.WireError, TimeoutError) as e:
+        except TimeoutError:
+            what = "a message unfinished" if message_deadline is not None else "idle"
+            log.info("uid %d pid %d: closing connection: %s too long", self.peer.uid,
+                     self.peer.pid, what)  # fmt: skip
+        except wire.WireError as e:
             log.info("uid %d pid %d: closing connection: %s", self.peer.uid, self.peer.pid, e)
         except OSError as e:
             if e.errno not in (errno.ECONNRESET, errno.EPIPE, errno.EBADF):
@@ -188,7 +224,7 @@ class Connection:
         # A client that stops reading its replies must not hold its connection forever.
         await asyncio.wait_for(
             asyncio.get_running_loop().sock_sendall(self.sock, wire.dumps(reply)),
-            self.server.limits.partial_message_timeout,
+            self.server.limits.message_timeout,
         )
         return True
 
@@ -206,6 +242,21 @@ class Connection:
                 callback()
             except Exception:
                 log.exception("connection close callback failed")
+
+
+def _open_spare() -> int:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1  # out of descriptors already: taken back at the next refusal
+
+
+def _send_busy(sock: socket.socket, reason: str) -> None:
+    """Tell a client we do not serve why (one non-blocking send, best effort), then close."""
+    with contextlib.suppress(OSError):
+        busy = errors.ServiceBusy(reason=reason)
+        sock.send(wire.dumps({"error": busy.name, "parameters": busy.parameters}))
+    sock.close()
 
 
 def peer_credentials(sock: socket.socket) -> Peer:
@@ -234,28 +285,73 @@ class VarlinkServer:
         self.handler = handler
         self.info = {"vendor": vendor, "product": product, "version": version, "url": ""}
         self.limits = limits or Limits()
+        # Whose quota a peer uid counts against: the owner of a subordinate id (set by the
+        # service; by default every uid is its own owner).
+        self.owner_of: Callable[[int], int] = lambda uid: uid
         self._connections: set[Connection] = set()
+        self._owners: dict[Connection, int] = {}
+        self._spare_fd = -1  # given up to accept (and refuse) one client when out of fds
         self._tasks: set[asyncio.Task[None]] = set()
         self._service_interface = parse_interface(_SERVICE_DESCRIPTION)
 
-    def connections_of(self, uid: int) -> int:
-        return sum(1 for c in self._connections if c.peer.uid == uid)
+    def connections_of(self, owner: int) -> int:
+        return sum(1 for o in self._owners.values() if o == owner)
 
     def forget(self, connection: Connection) -> None:
         self._connections.discard(connection)
+        self._owners.pop(connection, None)
 
     async def serve(self, listener: socket.socket) -> None:
-        """Accept until cancelled; the listener must be non-blocking."""
+        """Accept until cancelled; the listener must be non-blocking.
+
+        Out of descriptors (EMFILE and the like), accept() fails while the client waits
+        in the backlog: the server refuses it with the spare descriptor it keeps for that
+        (so the client hears why), backs off, and goes on; the connections it has are
+        served throughout, and new ones are again once descriptors are free.
+        """
         loop = asyncio.get_running_loop()
+        backoff = 0.0
+        self._spare_fd = _open_spare()
         try:
             while True:
-                sock, _ = await loop.sock_accept(listener)
+                try:
+                    sock, _ = await loop.sock_accept(listener)
+                except OSError as e:
+                    if e.errno not in _EXHAUSTED:
+                        raise
+                    if backoff == 0.0:
+                        log.warning("cannot accept connections: %s; refusing them meanwhile",
+                                    e.strerror)  # fmt: skip
+                    self._refuse_with_spare(listener)
+                    backoff = min(_ACCEPT_BACKOFF_MAX, backoff * 2 or 0.05)
+                    await asyncio.sleep(backoff)
+                    continue
+                if backoff:
+                    log.info("accepting connections again")
+                    backoff = 0.0
                 self._accept(sock)
         finally:
             for task in list(self._tasks):
                 task.cancel()
             for connection in list(self._connections):
                 connection.close()
+            if self._spare_fd >= 0:
+                os.close(self._spare_fd)
+                self._spare_fd = -1
+
+    def _refuse_with_spare(self, listener: socket.socket) -> None:
+        """Free the spare descriptor, accept one waiting client, tell it the service is
+        busy, and take the spare back (later, if the descriptor went to someone else)."""
+        if self._spare_fd >= 0:
+            os.close(self._spare_fd)
+            self._spare_fd = -1
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            pass
+        else:
+            _send_busy(sock, "the service is out of file descriptors; try again later")
+        self._spare_fd = _open_spare()
 
     def _accept(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -264,18 +360,16 @@ class VarlinkServer:
         except OSError:
             sock.close()
             return
-        if (
-            len(self._connections) >= self.limits.connections
-            or self.connections_of(peer.uid) >= self.limits.per_uid_connections
-        ):
-            log.warning("uid %d pid %d: too many connections, refusing", peer.uid, peer.pid)
-            with contextlib.suppress(OSError):
-                busy = errors.ServiceBusy(reason="too many connections")
-                sock.send(wire.dumps({"error": busy.name, "parameters": busy.parameters}))
-            sock.close()
+        owner = self.owner_of(peer.uid)
+        refusal = self.limits.refusal(owner, self.connections_of(owner), len(self._connections))
+        if refusal is not None:
+            log.warning("uid %d (owner %d) pid %d: %s, refusing", peer.uid, owner, peer.pid,
+                        refusal)  # fmt: skip
+            _send_busy(sock, refusal)
             return
         connection = Connection(self, sock, peer)
         self._connections.add(connection)
+        self._owners[connection] = owner
         task = asyncio.get_running_loop().create_task(connection.serve())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

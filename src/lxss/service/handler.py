@@ -7,8 +7,10 @@ client never learns to rely on it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import pwd
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +26,17 @@ if TYPE_CHECKING:
     from lxss.service.runtime import Runtime
 
 
+_OWNER_CACHE = 65536  # entries: more than a few users' distributions ever connect from
+
+
 class ServiceHandler:
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
         self.sessions: dict[int, UserSession] = {}
         self.runtime_factory: Callable[[UserSession], Runtime] | None = None  # set by main
+        self._owners: dict[int, int] = {}  # peer uid -> owner, while /etc/subuid is unchanged
+        self._owners_stamp: tuple[int, int, int] | None = None
 
     def session_for(self, uid: int) -> UserSession:
         """The one UserSession of *uid* (created on first use, kept for the service's life)."""
@@ -40,6 +47,30 @@ class ServiceHandler:
                 session.runtime = self.runtime_factory(session)
             self.sessions[uid] = session
         return session
+
+    def owner_of(self, uid: int) -> int:
+        """The host user *uid* belongs to: the owner of the subordinate range holding it,
+        else *uid* itself. A distribution's processes run under its owner's subordinate
+        ids, and what they use (connections to the service) counts as the owner's."""
+        try:
+            st = os.stat(self.settings.subuid_file)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._owners_stamp:
+            self._owners.clear()
+            self._owners_stamp = stamp
+        owner = self._owners.get(uid)
+        if owner is None:
+            owner = uid
+            name = subordinate_owner(uid, self.settings.subuid_file) if uid else None
+            if name is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    owner = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+            if len(self._owners) >= _OWNER_CACHE:
+                self._owners.clear()
+            self._owners[uid] = owner
+        return owner
 
     def _check_caller(self, uid: int) -> None:
         """Refuse a caller whose uid is someone's subordinate id.

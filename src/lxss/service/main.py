@@ -14,13 +14,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
 
 from lxss import __version__, sdnotify
 from lxss.api.interface import INTERFACE_FILE
-from lxss.api.server import VarlinkServer
+from lxss.api.server import Limits, VarlinkServer
 from lxss.service import registry, runtime
 from lxss.service.handler import ServiceHandler
 from lxss.service.registry import Registry
@@ -30,6 +31,7 @@ log = logging.getLogger("lxssd")
 
 USAGE = "usage: lxssd [--systemd] [--log-file PATH] [--debug]"
 
+DESCRIPTOR_LIMIT = 65536
 START_TIMEOUT = 60.0  # for the service to become ready, as its foreground parent waits
 
 
@@ -142,6 +144,28 @@ def _detach(settings: Settings, log_file: str | None) -> str | None:
     return log_file
 
 
+def _raise_descriptor_limit() -> None:
+    """At least DESCRIPTOR_LIMIT open files (or the hard limit, where that cannot be raised:
+    a container without CAP_SYS_RESOURCE), however we were started (systemd's unit says so
+    too; a root shell's limit is often 1024): each client connection, VM and launch holds
+    some, and a service out of them refuses everyone. Our children do not keep it
+    (lxss.vm.nsboot lowers the soft limit again for distributions)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= DESCRIPTOR_LIMIT:
+        return
+    for wanted in ((DESCRIPTOR_LIMIT, max(hard, DESCRIPTOR_LIMIT)), (hard, hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, wanted)
+            break
+        except (OSError, ValueError) as e:
+            error = e
+    else:
+        log.warning("cannot raise the open file limit from %d: %s", soft, error)
+        return
+    if wanted[0] < DESCRIPTOR_LIMIT:
+        log.warning("open file limit %d (the hard limit; %d wanted)", wanted[0], DESCRIPTOR_LIMIT)
+
+
 def _acquire_instance_lock(settings: Settings) -> int:
     fd = os.open(settings.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -170,7 +194,10 @@ async def serve(settings: Settings, systemd: bool) -> None:
     await _recover(handler, db)
     with open(INTERFACE_FILE, encoding="utf-8") as f:
         interface = f.read()
-    server = VarlinkServer(interface, handler, "lxss", "lxssd", __version__)
+    timeout = settings.connection_timeout
+    limits = Limits(idle_timeout=timeout, message_timeout=timeout / 2)
+    server = VarlinkServer(interface, handler, "lxss", "lxssd", __version__, limits)
+    server.owner_of = handler.owner_of
     listener = _listening_socket(settings, systemd)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -228,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(settings.runtime_dir, 0o755, exist_ok=True)
     log_file = _detach(settings, log_file)
     _configure_logging(debug, log_file)
+    _raise_descriptor_limit()
     lock = _acquire_instance_lock(settings)
     try:
         asyncio.run(serve(settings, systemd))

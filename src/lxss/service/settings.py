@@ -1,5 +1,7 @@
 """Where the service keeps things, overridable through the environment (tests run a
-private service this way: LXSS_STATE_DIR, LXSS_RUNTIME_DIR, LXSS_CGROUP_NAME)."""
+private service this way: LXSS_STATE_DIR, LXSS_RUNTIME_DIR, LXSS_CGROUP_NAME), and how
+long a client connection may sit idle (LXSS_CONNECTION_TIMEOUT, seconds; a message begun
+must end within half of it)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ class Settings:
     machine_config: str = "/etc/lxss.conf"
     subuid_file: str = SUBUID_FILE
     subgid_file: str = SUBGID_FILE
+    connection_timeout: float = 60.0
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -26,6 +29,8 @@ class Settings:
             runtime_dir=env.get("LXSS_RUNTIME_DIR") or cls.runtime_dir,
             cgroup_name=env.get("LXSS_CGROUP_NAME") or cls.cgroup_name,
             machine_config=env.get("LXSS_MACHINE_CONFIG") or cls.machine_config,
+            connection_timeout=_positive(env.get("LXSS_CONNECTION_TIMEOUT"))
+            or cls.connection_timeout,
         )
 
     @property
@@ -49,3 +54,11 @@ class Settings:
     def storage_dir(self, uid: int) -> str:
         """Per-user storage for distributions installed without a location."""
         return os.path.join(self.state_dir, str(uid))
+
+
+def _positive(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 < value < 86400 else None

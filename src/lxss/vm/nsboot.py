@@ -14,6 +14,7 @@ the VM's end.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 
@@ -29,11 +30,24 @@ NAMESPACES = (
 )
 
 
+PROGRAM_DESCRIPTOR_LIMIT = 1024
+
+
+def _conventional_descriptor_limit() -> None:
+    """Distributions start with the soft open-file limit a login session gets (1024:
+    programs that use select() break above it), not the service's raised one; the hard
+    limit stays, so a program may raise its own. The caller's `ulimit` values are not
+    carried (docs/security.md, "Resource limits")."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, PROGRAM_DESCRIPTOR_LIMIT), hard))
+
+
 def main(argv: list[str]) -> int:
     userns.die_with_parent()
     if len(argv) != 3:
         print("usage: nsboot SPEC_JSON CONTROL_FD NOTIFY_FD", file=sys.stderr)
         return 2
+    _conventional_descriptor_limit()
     spec = VmSpec.from_json(argv[0])
     control_fd, notify_fd = int(argv[1]), int(argv[2])
     userns.enter_user_namespace()
