@@ -28,7 +28,10 @@ from lxss.bootstrap import bootstrap_argv
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
-TEST_USERS = ("lxsstest-a", "lxsstest-b")
+# Two users made for the run; LXSS_TEST_USER_PREFIX names them apart when several
+# checkouts run their suites on one machine at once (each run deletes and makes its own).
+_USER_PREFIX = os.environ.get("LXSS_TEST_USER_PREFIX", "lxsstest")
+TEST_USERS = (f"{_USER_PREFIX}-a", f"{_USER_PREFIX}-b")
 CACHE = Path("/var/cache/lxss-test")
 OTHER_RUNS = "/var/tmp/lxss-"  # where running_service() makes every run's root
 

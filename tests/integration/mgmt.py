@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pwd
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -156,6 +157,17 @@ with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         replies.append(json.loads(frame))
 print(json.dumps(replies))
 """
+
+
+def read_reply(sock: socket.socket) -> dict[str, Any]:
+    """One Varlink reply read off *sock* (asserting the service does not hang up first)."""
+    buffer = b""
+    while not buffer.endswith(b"\0"):
+        chunk = sock.recv(65536)
+        assert chunk, "lxssd closed the connection"
+        buffer += chunk
+    reply: dict[str, Any] = json.loads(buffer[:-1])
+    return reply
 
 
 def varlink(service: Service, *calls: dict[str, Any], user: str | None = None) -> list[Any]:

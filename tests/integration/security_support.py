@@ -23,15 +23,16 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Result, Service, busybox_tarball
+from conftest import TEST_USERS, Result, Service, busybox_tarball
 from mgmt import User, registry_rows, shared_dir
 
 from lxss.vm.cgroup import Layout
 
 HERE = Path(__file__).resolve().parent
-ATTACKER, OTHER = "lxsstest-a", "lxsstest-b"
+ATTACKER, OTHER = TEST_USERS
 ATTACK_SOURCE = HERE / "lxss_attack.c"
 ATTACK = "/bin/lxss_attack"  # where the helper sits in a hostile distribution
 REFUSED = ("EPERM", "EACCES")
@@ -146,6 +147,21 @@ def user_distribution(
         assert [r for r in registry_rows(service, name) if r["owner_uid"] == user.uid] == []
 
 
+def attacker_and_victim(a_name: str, b_name: str) -> Any:
+    """A module fixture `distributions`: (the attacker's, the other user's) hostile busybox
+    distributions named *a_name* and *b_name*, removed at the end of the module."""
+
+    @pytest.fixture(scope="module")
+    def distributions(
+        service: Service, test_users: tuple[str, str]
+    ) -> Iterator[tuple[UserDistribution, UserDistribution]]:
+        with user_distribution(service, ATTACKER, a_name) as a, \
+             user_distribution(service, OTHER, b_name) as b:  # fmt: skip
+            yield a, b
+
+    return distributions
+
+
 def sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -200,6 +216,16 @@ def popen_as(user: str, *argv: str) -> subprocess.Popen[bytes]:
         env=_user_env(entry), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )  # fmt: skip
+
+
+def end_helper(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """End a helper that runs until its stdin closes, and close its pipes."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    proc.wait(timeout)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 _FD_CLIENT = r"""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Service
+from conftest import TEST_USERS, Service
 from mgmt import (
     User,
     assert_fails,
@@ -45,7 +45,7 @@ def bait() -> Iterator[Path]:
         yield directory
 
 
-@pytest.fixture(params=["root", "lxsstest-a"])
+@pytest.fixture(params=["root", TEST_USERS[0]])
 def owner(request: pytest.FixtureRequest, test_users: tuple[str, str]) -> User:
     return User.named(request.param) if request.param != "root" else User("root", 0, 0, "/root")
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Service, busybox_tarball
+from conftest import TEST_USERS, Service, busybox_tarball
 from mgmt import (
     User,
     assert_fails,
@@ -26,7 +26,7 @@ from mgmt import (
 
 import lxss
 
-USER = "lxsstest-b"
+USER = TEST_USERS[1]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_names_are_unique_per_user_whatever_their_case(
 
 
 def test_same_name_for_two_users(service: Service, tarball: Path, home: Path) -> None:
-    other = User.named("lxsstest-a")
+    other = User.named(TEST_USERS[0])
     imp(service, tarball, home, "shared")
     try:
         service.ok("--import", "SHARED", str(Path(other.home) / "d-shared"), str(tarball),

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HostState, Service
+from conftest import TEST_USERS, HostState, Service
 from mgmt import (
     User,
     assert_fails,
@@ -147,7 +147,7 @@ def endless_import(
 
 @pytest.mark.parametrize(
     ("how", "who"),
-    [("lxss", "root"), ("lxss", "lxsstest-a"), ("varlink", "root")],
+    [("lxss", "root"), ("lxss", TEST_USERS[0]), ("varlink", "root")],
     ids=["lxss-root", "lxss-user", "varlink-service-storage"],
 )
 def test_kill_9_during_import_leaves_nothing_after_restart(

@@ -32,6 +32,7 @@ from mgmt import (
     magic_of,
     member,
     minimal_linux,
+    read_reply,
     registered,
     registry_rows,
     shared_dir,
@@ -170,13 +171,7 @@ def call_with_fd(service: Service, name: str, fd: int) -> dict[str, Any]:
         message = {"method": "io.lxss.Service.RegisterDistribution",
                    "parameters": {"name": name, "archive": 0}}  # fmt: skip
         socket.send_fds(s, [json.dumps(message).encode() + b"\0"], [fd])
-        buffer = b""
-        while not buffer.endswith(b"\0"):
-            chunk = s.recv(65536)
-            assert chunk, "lxssd closed the connection"
-            buffer += chunk
-    reply: dict[str, Any] = json.loads(buffer[:-1])
-    return reply
+        return read_reply(s)
 
 
 # Export ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Service, busybox_tarball
+from conftest import TEST_USERS, Service, busybox_tarball
 from mgmt import (
     User,
     assert_fails,
@@ -29,7 +29,7 @@ from mgmt import (
     wait_for,
 )
 
-OWNER = "lxsstest-a"
+OWNER = TEST_USERS[0]
 
 
 def table(service: Service, *before: str, user: str | None = OWNER) -> dict[str, tuple[str, ...]]:

@@ -19,20 +19,14 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import LXSS, Service, running_service
-from mgmt import call, spawn_lxss
-from security_support import ATTACK, ATTACKER, OTHER, UserDistribution, user_distribution
+from mgmt import call, read_reply, spawn_lxss
+from security_support import ATTACK, ATTACKER, UserDistribution, attacker_and_victim, end_helper
 
 A_NAME, B_NAME = "sec-conn-a", "sec-conn-b"
 GET_VERSION = json.dumps({"method": "io.lxss.Service.GetVersion", "parameters": {}}).encode()
 
 
-@pytest.fixture(scope="module")
-def distributions(
-    service: Service, test_users: tuple[str, str]
-) -> Iterator[tuple[UserDistribution, UserDistribution]]:
-    with user_distribution(service, ATTACKER, A_NAME) as a, \
-         user_distribution(service, OTHER, B_NAME) as b:  # fmt: skip
-        yield a, b
+distributions = attacker_and_victim(A_NAME, B_NAME)
 
 
 def test_subordinate_ids_count_as_their_owner(
@@ -60,23 +54,8 @@ def test_subordinate_ids_count_as_their_owner(
         assert b.ok("echo served").out == "served\n"
         assert "parameters" in call(service, "EnumerateDistributions")  # root
     finally:
-        if holder.stdin is not None:
-            holder.stdin.close()
-        holder.wait(60)
-        for stream in (holder.stdout, holder.stderr):
-            if stream is not None:
-                stream.close()
+        end_helper(holder)
     assert holder.returncode == 0
-
-
-def _reply(sock: socket.socket) -> dict[str, object]:
-    data = b""
-    while not data.endswith(b"\0"):
-        chunk = sock.recv(65536)
-        assert chunk, "the service closed the connection without a reply"
-        data += chunk
-    reply: dict[str, object] = json.loads(data[:-1])
-    return reply
 
 
 def _connect(service: Service) -> socket.socket:
@@ -108,22 +87,25 @@ def test_out_of_descriptors_the_service_refuses_cleanly_and_recovers(
     assert soft >= min(65536, hard), f"lxssd runs with an open-file limit of {soft}/{hard}"
     kept = _connect(service)
     kept.sendall(GET_VERSION + b"\0")
-    assert "parameters" in _reply(kept)
+    assert "parameters" in read_reply(kept)
     held = len(os.listdir(f"/proc/{service.pid}/fd"))
     resource.prlimit(service.pid, resource.RLIMIT_NOFILE, (held + 2, hard))
     clients: list[socket.socket] = []
     try:
         answers = []
         for _ in range(10):
-            sock = _connect(service)
+            try:
+                sock = _connect(service)
+            except OSError as e:
+                raise AssertionError(f"{e}; lxssd's log:\n{service.log_text()[-3000:]}") from e
             clients.append(sock)
             sock.sendall(GET_VERSION + b"\0")
-            answers.append(_reply(sock))
+            answers.append(read_reply(sock))
         busy = [r for r in answers if r.get("error") == "io.lxss.Service.ServiceBusy"]
         assert busy, f"no client was refused at the limit: {answers}"
         assert "file descriptors" in json.dumps(busy[0]), busy[0]
         kept.sendall(GET_VERSION + b"\0")
-        assert "parameters" in _reply(kept), "the connection the service had is not served"
+        assert "parameters" in read_reply(kept), "the connection the service had is not served"
     finally:
         resource.prlimit(service.pid, resource.RLIMIT_NOFILE, (soft, hard))
         for sock in clients:
@@ -171,7 +153,7 @@ def test_idle_and_slow_connections_time_out(quick_timeouts: Service) -> None:
     slow = _connect(service)
     try:
         idle.sendall(GET_VERSION + b"\0")
-        assert "parameters" in _reply(idle)
+        assert "parameters" in read_reply(idle)
         started = time.monotonic()
         cut_off = False
         for byte in GET_VERSION[:-1]:

@@ -25,9 +25,9 @@ from security_support import (
     OTHER,
     REFUSED,
     UserDistribution,
+    attacker_and_victim,
     parse_attempts,
     processes_in_cgroup,
-    user_distribution,
     vm_cgroup,
 )
 
@@ -36,13 +36,7 @@ PIDS = 128
 QUICK = 5.0
 
 
-@pytest.fixture(scope="module")
-def distributions(
-    service: Service, test_users: tuple[str, str]
-) -> Iterator[tuple[UserDistribution, UserDistribution]]:
-    with user_distribution(service, ATTACKER, A_NAME) as a, \
-         user_distribution(service, OTHER, B_NAME) as b:  # fmt: skip
-        yield a, b
+distributions = attacker_and_victim(A_NAME, B_NAME)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,11 +25,11 @@ from mgmt import call, registry_rows, spawn_lxss
 from security_support import (
     ATTACK,
     ATTACKER,
-    OTHER,
     UserDistribution,
+    attacker_and_victim,
+    end_helper,
     popen_as,
     run_as,
-    user_distribution,
 )
 
 import lxss
@@ -46,13 +46,7 @@ SIGNAL_LEADER = (
 )
 
 
-@pytest.fixture(scope="module")
-def distributions(
-    service: Service, test_users: tuple[str, str]
-) -> Iterator[tuple[UserDistribution, UserDistribution]]:
-    with user_distribution(service, ATTACKER, A_NAME) as a, \
-         user_distribution(service, OTHER, B_NAME) as b:  # fmt: skip
-        yield a, b
+distributions = attacker_and_victim(A_NAME, B_NAME)
 
 
 def assert_serving(service: Service, b: UserDistribution) -> float:
@@ -108,16 +102,6 @@ def settled(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> 
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-def _end_helper(proc: subprocess.Popen[bytes]) -> None:
-    """End a helper script that runs until its stdin closes, and close its pipes."""
-    if proc.stdin is not None:
-        proc.stdin.close()
-    proc.wait(30)
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
 
 
 def rss_kb(pid: int) -> int:
@@ -364,7 +348,7 @@ def test_silent_clients_are_capped_per_user_and_block_no_one(
         for _ in range(3):
             assert_serving(service, b)
     finally:
-        _end_helper(holder)
+        end_helper(holder)
     # Closed connections are forgotten: A is served again.
     settled(lambda: service.lxss("-l", user=ATTACKER).returncode == 0, "A to be served again")
 
@@ -441,7 +425,7 @@ sys.stdin.read()
             for _ in range(3):  # with the flood's connections still open
                 assert_serving(service, b)
         finally:
-            _end_helper(proc)
+            end_helper(proc)
     assert int(lines[0][1]) > 0
     assert int(lines[1][1]) < (8 << 20), f"lxssd read {lines[1][1]} bytes of one message"
     assert int(lines[2][1]) == 2000

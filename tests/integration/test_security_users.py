@@ -23,11 +23,11 @@ from security_support import (
     ATTACKER,
     OTHER,
     UserDistribution,
+    attacker_and_victim,
     call_with_fds,
     host_uid_of,
     processes_in_cgroup,
     run_as,
-    user_distribution,
 )
 
 from lxss.linux.subids import parse_ranges
@@ -35,13 +35,7 @@ from lxss.linux.subids import parse_ranges
 A_NAME, B_NAME = "sec-users-a", "sec-users-b"
 
 
-@pytest.fixture(scope="module")
-def distributions(
-    service: Service, test_users: tuple[str, str]
-) -> Iterator[tuple[UserDistribution, UserDistribution]]:
-    with user_distribution(service, ATTACKER, A_NAME) as a, \
-         user_distribution(service, OTHER, B_NAME) as b:  # fmt: skip
-        yield a, b
+distributions = attacker_and_victim(A_NAME, B_NAME)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Service, busybox_tarball
+from conftest import TEST_USERS, Service, busybox_tarball
 from mgmt import (
     User,
     assert_fails,
@@ -21,7 +21,7 @@ from mgmt import (
     shared_dir,
 )
 
-A, B = "lxsstest-a", "lxsstest-b"
+A, B = TEST_USERS
 
 
 @pytest.fixture
