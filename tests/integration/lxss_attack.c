@@ -333,12 +333,15 @@ static int hold_as(const char *path, int uid, int per_uid, int out) {
         if (connect(s, (struct sockaddr *)&address, sizeof address) == 0 &&
             send(s, call, sizeof call, MSG_NOSIGNAL) == (ssize_t)sizeof call)
             n = recv(s, reply, sizeof reply - 1, 0);
-        if (n > 0 && strstr(reply, "ServiceBusy") == NULL)
+        if (n > 0 && strstr(reply, "ServiceBusy") == NULL) {
             held++; /* kept open */
-        else if (n > 0)
+        } else if (n > 0) {
             refused++, close(s);
-        else
+        } else {
+            if (!failed)
+                fprintf(stderr, "hold: uid %d: %s\n", uid, n == 0 ? "closed" : strerror(errno));
             failed++, close(s);
+        }
     }
     dprintf(out, "%d %d %d\n", held, refused, failed);
     close(out);

@@ -45,7 +45,7 @@ def test_subordinate_ids_count_as_their_owner(
         line = holder.stdout.readline().decode()
         assert line.startswith("hold: "), line
         counts = {k: int(v) for k, v in (item.split("=") for item in line.split()[1:])}
-        assert counts["failed"] == 0, line
+        assert counts["failed"] == 0, (line, holder.stderr.read1().decode())  # type: ignore[union-attr]
         # The lxss command running the holder holds one of A's own connections.
         assert counts["held"] <= 64, f"A's subordinate ids hold {counts['held']} connections"
         assert counts["held"] + counts["refused"] == 20 * 64, line
