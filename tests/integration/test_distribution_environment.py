@@ -64,3 +64,28 @@ def test_wsl2_processors_is_the_number_of_cpus_programs_see(service: Service, bu
             "Cpus_allowed_list:\t0\n"
         )
     assert service.ok("-d", busybox, "-e", "nproc").out == f"{host_cpus}\n"
+
+
+def test_the_mount_table_under_mnt_host_is_the_hosts(service: Service, busybox: str) -> None:
+    # The host's own mounts show under /mnt/host; lxss's runtime mounts (the VM's scratch
+    # directory, the distribution's root) do not. The one exception is /proc: the VM's
+    # covers the host's (a user namespace may not unmount that one: it is locked), so that
+    # the host's processes stay out of sight.
+    with open("/proc/self/mountinfo") as f:
+        host = [line.split()[4] for line in f]
+    inside = service.ok("-d", busybox, "-e", "cat", "/proc/self/mountinfo").out.splitlines()
+    under_host = [line.split()[4] for line in inside if line.split()[4].startswith("/mnt/host")]
+    for point in under_host:
+        host_point = point.removeprefix("/mnt/host") or "/"
+        assert host_point in host, f"{point} is no mount of the host's"
+        assert not host_point.startswith((str(service.runtime_dir), str(service.state_dir))), point
+    for point in set(under_host) - {"/mnt/host/proc"}:  # stacked no higher than on the host
+        host_point = point.removeprefix("/mnt/host") or "/"
+        assert under_host.count(point) <= host.count(host_point), point
+    assert under_host.count("/mnt/host/proc") == host.count("/proc") + 1
+    assert "/mnt/host" in under_host and "/mnt/host/sys" in under_host
+    # What shows at /mnt/host/proc is the VM's /proc: no host process (lxssd) in it.
+    assert str(service.pid) not in service.ok("-d", busybox, "-e", "ls", "/mnt/host/proc").out
+    # `mount` says the same.
+    listed = service.ok("-d", busybox, "-e", "mount").out
+    assert str(service.runtime_dir) not in listed and str(service.state_dir) not in listed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def test_every_operation_stays_below_the_root(own_network: bool, host_mount: str
     for op in distribution_plan(layout(own_network, host_mount)):
         path = {
             Mount: "target", BindFile: "target", Remount: "target", Propagation: "target",
-            Symlink: "link", Directory: "path",
+            Symlink: "link", Directory: "path", mounts.Detach: "path",
         }[type(op)]  # fmt: skip
         where = getattr(op, path)
         assert os.path.commonpath([ROOT, where]) == ROOT, op.describe()
@@ -218,3 +219,32 @@ def test_apply_plan_refuses_a_target_under_a_symlink(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="/mnt is a symlink"):
         mounts.apply_plan([Step()], str(root))
     assert applied == []
+
+
+def test_the_host_mount_leaves_out_lxss_runtime_mounts() -> None:
+    """Right after the host's root is bound and made a slave: the distribution's own root
+    and the VM's runtime mounts are detached from the host mount, nothing else."""
+    plan = distribution_plan(dataclasses.replace(layout(), vm_mounts=("/run/lxss/vm/0",)))
+    kinds = [type(op).__name__ for op in plan[:5]]
+    assert kinds == ["Mount", "Mount", "Propagation", "Detach", "Detach"]
+    detached = {op.path for op in plan if isinstance(op, mounts.Detach)}
+    assert detached == {f"{ROOT}/mnt/host/run/lxss/vm/0", f"{ROOT}/mnt/host{ROOT}"}
+    assert not [op for op in distribution_plan(layout(host_mount=None))
+                if isinstance(op, mounts.Detach)]  # fmt: skip
+
+
+def test_detach_takes_off_what_is_stacked_and_stops_when_nothing_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stack = ["b", "a"]
+    calls: list[str] = []
+
+    def umount2(path: str, flags: int = 0) -> None:
+        calls.append(path)
+        if not stack:
+            raise OSError(22, "Invalid argument")
+        stack.pop()
+
+    monkeypatch.setattr(sc, "umount2", umount2)
+    mounts.Detach("/x").apply()
+    assert (stack, calls) == ([], ["/x", "/x", "/x"])

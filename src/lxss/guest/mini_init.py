@@ -136,6 +136,7 @@ class MiniInit:
                     shared_dir=self.shared,
                     own_network=self.spec.networking_mode == "None",
                     host_mount=HOST_MOUNT,
+                    vm_mounts=(self.scratch,),
                 )
                 mounts.apply_plan(mounts.distribution_plan(layout), layout.root)
                 mounts.pivot_into(layout.root)

@@ -90,6 +90,28 @@ class Remount:
 
 
 @dataclass(frozen=True)
+class Detach:
+    """Unmount what is mounted at *path*: every mount stacked there, with its submounts."""
+
+    path: str
+
+    def describe(self) -> str:
+        return f"detach {self.path}"
+
+    def apply(self) -> None:
+        for _ in range(MAX_STACKED):
+            try:
+                sc.umount2(self.path, sc.MNT_DETACH)
+            except OSError as e:
+                if e.errno in (errno.EINVAL, errno.ENOENT):  # nothing (more) mounted there
+                    return
+                raise
+
+
+MAX_STACKED: Final = 16  # mounts one Detach takes off a single point
+
+
+@dataclass(frozen=True)
 class Propagation:
     target: str
     flags: int
@@ -135,6 +157,10 @@ class RootLayout:
     shared_dir: str  # the VM's /mnt/wsl tmpfs (shared between its distributions)
     own_network: bool  # a network namespace of its own: sysfs can be mounted fresh
     host_mount: str | None  # where the host's root appears ("/mnt/host"), None: nowhere
+    # lxss's own mounts in the VM's tree (its scratch directory), kept out of the host
+    # mount: it shows the host's mounts, not lxss's runtime ones. (Not the VM's /proc: the
+    # host's under it, which a user namespace may not unmount, lists the host's processes.)
+    vm_mounts: tuple[str, ...] = ()
 
 
 def distribution_plan(layout: RootLayout) -> list[Operation]:
@@ -156,6 +182,9 @@ def distribution_plan(layout: RootLayout) -> list[Operation]:
             # Slave: a distribution unmounting under /mnt/host must not reach the host.
             Propagation(target, sc.MS_REC | sc.MS_SLAVE),
         ]
+        # The distribution's own root (bound above) and the VM's runtime mounts.
+        hidden = sorted({root, *layout.vm_mounts})
+        plan += [Detach(f"{target}{path}") for path in hidden if path != "/"]
     plan.append(Mount("proc", f"{root}/proc", "proc", _NOSUID_NODEV_NOEXEC))
     if layout.own_network:
         plan.append(Mount("sysfs", f"{root}/sys", "sysfs", _NOSUID_NODEV_NOEXEC | sc.MS_RDONLY))
