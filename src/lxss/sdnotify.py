@@ -3,15 +3,16 @@
 The starter is systemd (Type=notify), the `lxss` command that starts the service on demand,
 or lxssd itself when it detaches from the terminal it was started from (its foreground
 parent waits for the background service). Imported by the lean `lxss` client: the C
-`_socket` module, not `socket`, and nothing else beyond os, select and time.
+`_socket` module, not `socket`, and nothing else beyond os, time and lxss.readiness.
 """
 
 from __future__ import annotations
 
 import _socket
 import os
-import select
 import time
+
+from lxss import readiness
 
 
 def listener() -> tuple[_socket.socket, str]:
@@ -44,15 +45,12 @@ def send(address: str | None, state: str) -> None:
 
 def wait_ready(notify: _socket.socket, pid: int, timeout: float) -> int | None:
     """None once child *pid* sends READY=1 on *notify*; its exit code if it exits first
-    (it is reaped). TimeoutError after *timeout* seconds. poll, not select: any fd number."""
+    (it is reaped). TimeoutError after *timeout* seconds."""
     exited = os.pidfd_open(pid)
     try:
-        poller = select.poll()
-        poller.register(notify.fileno(), select.POLLIN)
-        poller.register(exited, select.POLLIN)
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            ready = {fd for fd, _ in poller.poll(left * 1000)}
+            ready, _ = readiness.ready((notify.fileno(), exited), (), left)
             if exited in ready:
                 return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
             if notify.fileno() in ready and b"READY=1" in notify.recv(4096).split(b"\n"):

@@ -18,9 +18,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import LXSS, Service, running_service
-from mgmt import call, read_reply, spawn_lxss
-from security_support import ATTACK, ATTACKER, UserDistribution, attacker_and_victim, end_helper
+from conftest import LXSS, Service, busybox_tarball, running_service
+from mgmt import call, read_reply, shared_dir, spawn_lxss, wait_for
+from security_support import (
+    ATTACK,
+    ATTACKER,
+    UserDistribution,
+    attacker_and_victim,
+    end_helper,
+)
 
 A_NAME, B_NAME = "sec-conn-a", "sec-conn-b"
 GET_VERSION = json.dumps({"method": "io.lxss.Service.GetVersion", "parameters": {}}).encode()
@@ -60,8 +66,9 @@ def test_subordinate_ids_count_as_their_owner(
 
 def _connect(service: Service) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(60)
+    # Blocking, so that a full backlog makes connect() wait for the service, not fail.
     sock.connect(str(service.runtime_dir / "lxssd.sock"))
+    sock.settimeout(60)
     return sock
 
 
@@ -183,3 +190,28 @@ def test_idle_and_slow_connections_time_out(quick_timeouts: Service) -> None:
     finally:
         service.ok("--unregister", "bb")
     assert result.returncode == 0 and result.stdout == "1024\ndone\n", result
+
+
+def test_a_service_holding_many_descriptors_still_starts_vms_and_imports(
+    fresh_service: Service,
+) -> None:
+    """With more than 1,024 descriptors open in lxssd (root's idle connections here, root
+    being the one user the connection caps let hold that many), waits on descriptors
+    numbered above FD_SETSIZE still work: an import (the archive worker's start) and a VM
+    start (the boot helper's) succeed."""
+    service = fresh_service
+    connections = [_connect(service) for _ in range(1020)]  # of the 1,024 there may be
+    try:
+        # connect() returns once a connection is in the backlog: wait until all are taken.
+        wait_for(lambda: len(os.listdir(f"/proc/{service.pid}/fd")) > 1024, 60,
+                 "lxssd to hold more than 1,024 descriptors")  # fmt: skip
+        with shared_dir("lxss-many-") as work:
+            tarball = busybox_tarball(work)
+            service.ok("--import", "many", str(work / "many"), str(tarball))
+            try:
+                assert service.ok("-d", "many", "--", "echo started").out == "started\n"
+            finally:
+                service.ok("--unregister", "many")
+    finally:
+        for sock in connections:
+            sock.close()

@@ -20,10 +20,10 @@ import _signal  # type: ignore[import-not-found]  # signal would import enum: ~2
 import _socket
 import fcntl
 import os
-import select
 import termios
 import time
 
+from lxss import readiness
 from lxss.api import wire
 from lxss.cli import streams
 from lxss.cli.errors import CommandError
@@ -211,7 +211,7 @@ def _write_all(fd: int, data: bytes) -> None:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            select.select([], [fd], [])
+            readiness.ready((), (fd,))
 
 
 class _Session:
@@ -294,7 +294,7 @@ class _Session:
                 if timeout == 0.0:
                     return self.exit_code
             try:
-                ready, _, _ = select.select(watch, [], [], timeout)
+                ready, _ = readiness.ready(watch, (), timeout)
             except InterruptedError:
                 continue
             for fd in ready:

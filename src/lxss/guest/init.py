@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import select
 import signal
 import socket
 import sys
 import time
 
+from lxss import readiness
 from lxss.config.osrelease import parse_os_release
 from lxss.config.wslconf import read_wsl_conf
 from lxss.guest import session
@@ -204,7 +204,7 @@ class Init:
             # The channel never reads past a message, so the socket alone says whether
             # another one is waiting.
             try:
-                ready, _, _ = select.select([self.channel.fileno(), self.children.fileno()], [], [])
+                ready, _ = readiness.ready((self.channel.fileno(), self.children.fileno()))
             except InterruptedError:
                 continue
             if self.children.fileno() in ready:
@@ -264,7 +264,7 @@ def _collect(fd: int, pid: int, timeout: float) -> tuple[bytes, int | None]:
     output = b""
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
-        if not select.select([fd], [], [], left)[0]:
+        if not readiness.readable(fd, left):
             break
         chunk = os.read(fd, 65536)
         if not chunk:  # it exited (or closed its stderr): now wait for it

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import signal
 import socket
 import sys
 import traceback
 
+from lxss import readiness
 from lxss.guest import gns, init, mounts
 from lxss.linux import syscalls as sc
 from lxss.linux.children import ChildWatch
@@ -177,7 +177,7 @@ class MiniInit:
             # The channel never reads past a message, so the socket alone says whether
             # another one is waiting.
             try:
-                ready, _, _ = select.select([self.control.fileno(), self.children.fileno()], [], [])
+                ready, _ = readiness.ready((self.control.fileno(), self.children.fileno()))
             except InterruptedError:
                 continue
             if self.children.fileno() in ready:

@@ -24,13 +24,13 @@ import contextlib
 import errno
 import fcntl
 import os
-import select
 import signal
 import socket
 import termios
 import warnings  # noqa: F401  # os.get_exec_path (os.execvpe) imports it lazily: after pivot_root
 from collections.abc import Callable
 
+from lxss import readiness
 from lxss.guest.process import Plan
 from lxss.linux import syscalls as sc
 from lxss.linux.children import ChildWatch
@@ -282,7 +282,7 @@ class Relay:
                 elif self.console_input:
                     watch.append(self.console.fileno())
             try:
-                readable, writable, _ = select.select(watch, write_watch, [], timeout)
+                readable, writable = readiness.ready(watch, write_watch, timeout)
             except InterruptedError:
                 continue
             if not (readable or writable) and self.master_hung_up:
@@ -298,8 +298,7 @@ class Relay:
     def drain(self) -> None:
         """Pass on what the program wrote before it exited, then end the console."""
         while self.master is not None and self.console is not None:
-            ready, _, _ = select.select([self.master], [], [], DRAIN_IDLE)
-            if not ready:
+            if not readiness.readable(self.master, DRAIN_IDLE):
                 break
             try:
                 data = os.read(self.master, CHUNK)

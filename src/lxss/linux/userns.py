@@ -16,11 +16,11 @@ none over anything else: whatever it does, the owner could have done.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 from typing import Final
 
+from lxss import readiness
 from lxss.linux import syscalls
 from lxss.linux.subids import Mapping
 
@@ -45,8 +45,7 @@ def die_with_parent() -> None:
 
 
 def _wait_readable(fd: int, timeout: float, what: str) -> bytes:
-    ready, _, _ = select.select([fd], [], [], timeout)
-    if not ready:
+    if not readiness.readable(fd, timeout):
         raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
     return os.read(fd, 1)
 
