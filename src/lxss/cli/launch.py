@@ -356,6 +356,29 @@ def launch(request: Launch, for_uid: int | None) -> int:
         client.close()
 
 
+def debug_shell(for_uid: int | None) -> int:
+    """--debug-shell: a shell in the utility VM, outside every distribution, on this
+    terminal (root only, as in WSL); its exit status."""
+    if os.geteuid() != 0:
+        raise LaunchError(
+            "--debug-shell is for root only: it opens a shell in the utility VM, outside "
+            "every distribution (run it as root, with --for-user USER for another's VM)"
+        )
+    if streams.CLOSED:
+        raise LaunchError("--debug-shell needs stdin, stdout and stderr open")
+    params = {"stdin": 0, "stdout": 1, "stderr": 2, "term": os.environ.get("TERM"),
+              "forUid": for_uid}  # fmt: skip
+    # The shell has the terminal; ^C and ^\ typed there must not end this call (and so it).
+    saved = {sig: _signal.signal(sig, _signal.SIG_IGN) for sig in (_signal.SIGINT, _signal.SIGQUIT)}
+    try:
+        with connect() as client:
+            reply = client.call("DebugShell", params, (0, 1, 2), timeout=None)
+    finally:
+        for sig, handler in saved.items():
+            _signal.signal(sig, handler)
+    return int(reply["exitCode"])
+
+
 def lookup_uid(distribution: str, user: str, for_uid: int | None) -> int:
     """The uid of *user* in *distribution*, asked of the distribution itself (`id -u`)."""
     import subprocess

@@ -57,6 +57,7 @@ Manage distributions:
   --manage NAME --set-default-user USER
   -t, --terminate NAME            stop a distribution
   --shutdown [--force]            stop every distribution and the utility VM
+  --debug-shell                   (root) a shell in the utility VM, outside every distribution
   --status
   -v, --version
   --help
@@ -130,6 +131,10 @@ def _dispatch(request: Launch | Management, for_uid: int | None) -> int:
         from lxss.cli.catalog_install import list_online
 
         return list_online(request.options)
+    if request.action == "debug-shell":
+        from lxss.cli.launch import debug_shell
+
+        return debug_shell(for_uid)
     if request.action == "manage":
         from lxss.cli.install import manage_distribution
 

@@ -78,6 +78,7 @@ _ACTIONS: dict[str, tuple[tuple[str, ...], tuple[int, int], set[str], set[str]]]
     "set-default-version": (("--set-default-version",), (1, 1), set(), set()),
     "terminate": (("--terminate", "-t"), (1, 1), set(), set()),
     "shutdown": (("--shutdown",), (0, 0), {"--force"}, set()),
+    "debug-shell": (("--debug-shell",), (0, 0), set(), set()),
     "manage": (("--manage",), (1, 1), set(), {"--set-default-user"}),
 }
 _ACTION_BY_OPTION = {

@@ -165,6 +165,25 @@ class ServiceHandler:
         await self.session(call).configure(p["distribution"], p.get("defaultUid"), p.get("flags"))
         return {}
 
+    async def DebugShell(self, call: Call) -> dict[str, Any]:
+        if call.peer.uid != 0:
+            raise errors.PermissionDenied(reason="--debug-shell is for root only")
+        session = self.session(call)
+        if session.runtime is None:
+            raise errors.MethodNotImplemented(method=call.method)
+        fds = call.take_fds("stdin", "stdout", "stderr")
+        try:
+            stdin, stdout, stderr = fds["stdin"], fds["stdout"], fds["stderr"]
+            if stdin is None or stdout is None or stderr is None:
+                raise errors.InvalidParameter(parameter="stdin")
+            term = call.parameters.get("term")
+            code = await session.runtime.debug_shell((stdin, stdout, stderr), term)
+        finally:
+            for fd in fds.values():
+                if fd is not None:
+                    os.close(fd)
+        return {"exitCode": code}
+
     async def CreateLxProcess(self, call: Call) -> dict[str, Any]:
         session = self.session(call)
         if session.runtime is None:

@@ -102,6 +102,7 @@ class Runtime:
         self._lock = asyncio.Lock()
         self._vm_idle: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.debug_shells = 0  # --debug-shell sessions: they keep the VM up as instances do
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run *coroutine* in the background, keeping the task alive until it ends."""
@@ -208,7 +209,7 @@ class Runtime:
         if self._vm_idle is not None:
             self._vm_idle.cancel()
             self._vm_idle = None
-        if self.instances or self.vm is None or self.session.locked:
+        if self.instances or self.debug_shells or self.vm is None or self.session.locked:
             return
         timeout = self.config.vm_idle_timeout_ms if self.config else 60000
         if timeout < 0:
@@ -220,8 +221,19 @@ class Runtime:
         self._vm_idle = None
         if not self.instances and self.vm is not None:
             async with self._lock:
-                if not self.instances:
+                if not self.instances and not self.debug_shells:
                     await self._vm_gone()
+
+    async def debug_shell(self, stdio: tuple[int, int, int], term: str | None) -> int:
+        """A shell in the utility VM (started if need be), outside every distribution."""
+        async with self._lock:
+            vm = await self.ensure_vm()
+            self.debug_shells += 1
+        try:
+            return await vm.debug_shell(stdio, term)
+        finally:
+            self.debug_shells -= 1
+            self._arm_vm_idle()
 
     # Instances -------------------------------------------------------------------
 

@@ -22,6 +22,10 @@ class Vm(Protocol):
 
     def running(self) -> bool: ...
 
+    async def debug_shell(self, stdio: tuple[int, int, int], term: str | None) -> int:
+        """A shell in the VM outside every distribution (--debug-shell); its exit status."""
+        ...
+
     async def stop(self, force: bool) -> None: ...
 
 

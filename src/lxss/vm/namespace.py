@@ -94,6 +94,34 @@ class NamespaceVm:
         self.process.wait()
         return True
 
+    async def debug_shell(self, stdio: tuple[int, int, int], term: str | None) -> int:
+        """Run a shell in the VM, outside every distribution, on *stdio* (lent: the caller
+        keeps its copies); its exit status once it ends. In the VM's cgroup, so the VM's
+        limits hold and stopping the VM ends it."""
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        argv = bootstrap_argv("lxss.vm.debugshell", str(self.process.pid), str(go_r))
+        environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **({"TERM": term} if term else {})}
+        try:
+            shell = subprocess.Popen(
+                argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], pass_fds=(go_r,),
+                env=environment, cwd="/", start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(go_r)
+        try:
+            try:
+                self.group.add(shell.pid)
+                os.write(go_w, b"1")
+            finally:
+                os.close(go_w)  # without "1", the helper gives up
+            await wait_exited(shell.pid, None)
+        finally:
+            if shell.poll() is None:  # cancelled (the caller went away): end it
+                shell.kill()
+                await wait_exited(shell.pid, STOP_TIMEOUT)
+            shell.wait(STOP_TIMEOUT)  # it has exited: this only reaps
+        return shell.returncode
+
     async def stop(self, force: bool) -> None:
         """End the VM and everything in it; afterwards nothing of it remains on the host."""
         self.control.close()  # mini_init returns when its channel closes: pid 1 ends, all end
