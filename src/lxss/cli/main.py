@@ -37,12 +37,13 @@ Run a program in a Linux distribution:
   --                              everything after this is the command
 
 Manage distributions:
-  --install [NAME] [--name NAME] [--location DIR] [--version 1|2] [--no-launch] [-q]
+  --install [NAME] [--name NAME] [--location DIR] [--version 1|2] [-n|--no-launch]
+          [-q|--quiet] [--web-download]
                                   install NAME from the distribution catalog (none: its
                                   Default) or a built-in (busybox), then start its shell
   --install --from-file FILE [--name NAME] ...
                                   install a local image (.wsl or a rootfs tarball)
-  -l, --list --online [-q]        what the catalog offers (/etc/lxss.conf: distributionListUrl)
+  -l, --list -o|--online [-q]     what the catalog offers (/etc/lxss.conf: distributionListUrl)
   --install docker://IMAGE|oci:DIR[:TAG]|oci-archive:FILE|docker-archive:FILE [...]
                                   a container image, pulled as you (its layers, whiteouts)
   --import NAME DIR FILE|- [--version 1|2]
@@ -51,7 +52,7 @@ Manage distributions:
                                   installed in DIR; - reads stdin
   --export NAME FILE|- [--format tar|tar.gz|tar.xz|tar.zst]
   --unregister NAME               stop and delete a distribution and its files
-  -l, --list [-v] [-q] [--running]
+  -l, --list [-v|--verbose] [-q|--quiet] [--running] [--all]
   -s, --set-default NAME
   --set-default-version 1|2
   --manage NAME --set-default-user USER
@@ -60,7 +61,7 @@ Manage distributions:
   --debug-shell                   (root) a shell in the utility VM, outside every distribution
   --status
   -v, --version
-  --help
+  -h, --help
 
   --for-user USER                 (root) act on USER's distributions
   --debug                         show tracebacks of lxss's own failures

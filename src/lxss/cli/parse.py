@@ -94,6 +94,55 @@ _CANONICAL = {
 }
 SHELL_TYPES = ("standard", "login", "none")
 
+# The options of a launch that take a value, spelling -> what the value is. Together with
+# _ACTIONS this is the whole command line: the parser reads it, and so do the generated
+# shell completions and man page (lxss.packaging).
+LAUNCH_VALUED: dict[str, str | tuple[str, ...]] = {
+    "-d": "distribution",
+    "--distribution": "distribution",
+    "--distribution-id": "guid",
+    "-u": "user",
+    "--user": "user",
+    "--cd": "directory",
+    "--shell-type": SHELL_TYPES,
+    "--for-user": "host-user",
+}
+LAUNCH_FLAGS = ("--debug",)
+EXEC_OPTIONS = ("-e", "--exec")  # what follows is the program and its arguments
+COMMAND_STARTERS = ("--", *EXEC_OPTIONS)  # what follows is the command
+
+# What an action's value or positional argument is, where a completion can offer something:
+# "distribution" (a registered one), "catalog" (an installable name), "host-user", "user"
+# (inside the distribution), "file", "directory", or a tuple of choices. Anything not listed
+# is free text. Keyed by (action, option) for options, (action, index) for positionals.
+VALUE_KINDS: dict[tuple[str, str | int], str | tuple[str, ...]] = {
+    ("import", 0): "name",
+    ("import", 1): "directory",
+    ("import", 2): "file",
+    ("import", "--version"): ("1", "2"),
+    ("export", 0): "distribution",
+    ("export", 1): "file",
+    ("export", "--format"): ("tar", "tar.gz", "tar.xz", "tar.zst"),
+    ("install", 0): "catalog",
+    ("install", "--location"): "directory",
+    ("install", "--version"): ("1", "2"),
+    ("install", "--from-file"): "file",
+    ("install", "--distribution"): "catalog",
+    ("install", "-d"): "catalog",
+    ("unregister", 0): "distribution",
+    ("set-default", 0): "distribution",
+    ("set-default-version", 0): ("1", "2"),
+    ("terminate", 0): "distribution",
+    ("manage", 0): "distribution",
+    ("manage", "--set-default-user"): "user",
+}
+
+
+def actions() -> dict[str, tuple[tuple[str, ...], tuple[int, int], set[str], set[str]]]:
+    """The management actions: name -> (spellings, (least, most) positionals, flags, options
+    taking a value). For the generated completions and man page; the parser reads it too."""
+    return _ACTIONS
+
 
 def _management(action: str, argv: list[str]) -> Management:
     _, (least, most), flags, valued = _ACTIONS[action]
@@ -175,6 +224,10 @@ def parse(argv: list[str]) -> Parsed:
             raise UsageError(f"--shell-type must be one of {', '.join(SHELL_TYPES)}")
         launch.shell_type = value
 
+    def set_for_user(value: str) -> None:
+        nonlocal for_user
+        for_user = value
+
     i = _leading_words(argv, launch)
     setters = {
         "-d": set_distribution,
@@ -184,24 +237,21 @@ def parse(argv: list[str]) -> Parsed:
         "--user": lambda v: setattr(launch, "user", v),
         "--cd": lambda v: setattr(launch, "cwd", v),
         "--shell-type": set_shell_type,
+        "--for-user": set_for_user,
     }
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
             launch.command = argv[i + 1 :]
             break
-        if arg in ("-e", "--exec"):
+        if arg in EXEC_OPTIONS:
             launch.exec_mode = True
             launch.command = argv[i + 1 :]
             if not launch.command:
                 raise UsageError(f"{arg} needs a command")
             break
-        if arg in setters:
+        if arg in LAUNCH_VALUED:
             setters[arg](_needs_value(argv, i))
-            i += 2
-            continue
-        if arg == "--for-user":
-            for_user = _needs_value(argv, i)
             i += 2
             continue
         if arg == "--debug":

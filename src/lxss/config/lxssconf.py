@@ -97,6 +97,55 @@ LXSS_CONF_SCHEMA: Final = Schema(
     )
 )
 
+# What each key means, for the generated lxss.conf(5) and the commented /etc/lxss.conf
+# (lxss.packaging): one sentence or two, as a user reads them. Every key of the schema has one.
+LXSS_CONF_DOCS: Final = {
+    INSTANCE_IDLE_TIMEOUT: (
+        "Milliseconds a distribution keeps running after its last program ends; "
+        "a negative value keeps it running until `lxss -t` or `lxss --shutdown`."
+    ),
+    DISTRIBUTION_INSTALL_PATH: (
+        "Where distributions installed without --location go; empty: the service's storage "
+        "(/var/lib/lxss/UID)."
+    ),
+    VM_IDLE_TIMEOUT: (
+        "Milliseconds the utility VM keeps running after its last distribution stops; "
+        "0 stops it at once, -1 or less never."
+    ),
+    MEMORY: (
+        "Most memory the utility VM may use, as 512MB, 4GB, ...; at least 256MB, at most the "
+        "host's; unset: half the host's memory."
+    ),
+    PROCESSORS: "How many CPUs the utility VM may use; unset: all the host's.",
+    NETWORKING_MODE: (
+        "How distributions reach the network. Mirrored (lxss's default; WSL's is Nat) keeps "
+        "the host's own network."
+    ),
+    KERNEL: "A kernel image for version 2 distributions; empty: the built-in one.",
+    KERNEL_COMMAND_LINE: "Appended to the kernel command line of version 2's utility VM.",
+    KERNEL_BOOT_TIMEOUT: "Milliseconds to wait for version 2's utility VM to boot.",
+    DISTRIBUTION_START_TIMEOUT: "Milliseconds to wait for a distribution's init to start.",
+    SAFE_MODE: "Start with most features off, to repair a distribution that does not start.",
+    PIDS_LIMIT: "Most processes in one user's utility VM (lxss's own key, not WSL's).",
+    DISTRIBUTION_LIST_URL: (
+        "The distribution catalog `lxss --install` and `lxss -l -o` read (WSL's "
+        "DistributionInfo.json format): a file://, http:// or https:// URL or a path. "
+        "Read from /etc/lxss.conf only."
+    ),
+    DISTRIBUTION_LIST_URL_APPEND: (
+        "A second catalog whose entries win over the first's. Read from /etc/lxss.conf only."
+    ),
+}
+# Keys read (a file setting them is valid) but not acted on yet: the manual says so.
+LXSS_CONF_NOT_ACTED_ON: Final = frozenset(
+    {
+        DISTRIBUTION_INSTALL_PATH,
+        KERNEL,
+        KERNEL_COMMAND_LINE,
+        SAFE_MODE,
+    }
+)
+
 
 @dataclass(frozen=True)
 class LxssConfig:

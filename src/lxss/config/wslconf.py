@@ -102,6 +102,60 @@ WSL_CONF_SCHEMA: Final = Schema(
     )
 )
 
+# What each key means as lxss reads it, for the generated wsl.conf(5) (lxss.packaging). Where
+# WSL's key names Windows, lxss reads "the host". Every key of the schema has one.
+WSL_CONF_DOCS: Final = {
+    AUTOMOUNT_ENABLED: "Mount the host's file system under automount.root (as /mnt/host).",
+    AUTOMOUNT_ROOT: "Where the host's file system is mounted.",
+    AUTOMOUNT_OPTIONS: "Extra mount options for the host's file system.",
+    AUTOMOUNT_MOUNT_FS_TAB: "Mount the distribution's /etc/fstab (`mount -a`) when it starts.",
+    AUTOMOUNT_LDCONFIG: "Put GPU libraries in ld.so's path.",
+    AUTOMOUNT_CGROUPS: "The cgroup hierarchy init mounts: v1 or v2.",
+    FILESYSTEM_UMASK: "The umask of the distribution's programs (octal, as 022).",
+    INTEROP_ENABLED: "Whether host programs can be run from inside the distribution.",
+    INTEROP_APPEND_WINDOWS_PATH: "Append the host's PATH to the distribution's.",
+    NETWORK_GENERATE_HOSTS: "Write the distribution's /etc/hosts when it starts.",
+    NETWORK_GENERATE_RESOLV_CONF: "Write the distribution's /etc/resolv.conf when it starts.",
+    NETWORK_HOSTNAME: "The distribution's host name; unset: the host's.",
+    TIME_USE_WINDOWS_TIMEZONE: "Follow the host's time zone.",
+    FILE_SERVER_ENABLED: "The file server of version 2 (WSL's 9P server).",
+    FILE_SERVER_LOG_FILE: "Where the file server logs.",
+    FILE_SERVER_LOG_LEVEL: "How much the file server logs (4: informational).",
+    FILE_SERVER_LOG_TRUNCATE: "Empty the file server's log when it starts.",
+    GPU_ENABLED: "Give the distribution the host's GPU.",
+    GPU_APPEND_LIB_PATH: "Append the GPU libraries' directory to ld.so's path.",
+    USER_DEFAULT: "The user programs run as when `lxss` is given no -u.",
+    BOOT_COMMAND: "Run once each time the distribution starts, as root, by /bin/sh -c.",
+    BOOT_SYSTEMD: "Run systemd as the distribution's pid 1.",
+    BOOT_INIT_TIMEOUT: "Milliseconds to wait for systemd to start; 0: do not wait.",
+    BOOT_PROTECT_BINFMT: "Keep systemd from taking over binfmt_misc registrations.",
+    GENERAL_GUI_APPLICATIONS: "Let graphical programs reach the host's display.",
+}
+# Keys read (a file setting them is valid) but not acted on yet: the manual says so.
+WSL_CONF_NOT_ACTED_ON: Final = frozenset(
+    {
+        AUTOMOUNT_ROOT,
+        AUTOMOUNT_OPTIONS,
+        AUTOMOUNT_MOUNT_FS_TAB,
+        AUTOMOUNT_LDCONFIG,
+        AUTOMOUNT_CGROUPS,
+        INTEROP_ENABLED,
+        INTEROP_APPEND_WINDOWS_PATH,
+        NETWORK_GENERATE_RESOLV_CONF,
+        TIME_USE_WINDOWS_TIMEZONE,
+        FILE_SERVER_ENABLED,
+        FILE_SERVER_LOG_FILE,
+        FILE_SERVER_LOG_LEVEL,
+        FILE_SERVER_LOG_TRUNCATE,
+        GPU_ENABLED,
+        GPU_APPEND_LIB_PATH,
+        BOOT_SYSTEMD,
+        BOOT_INIT_TIMEOUT,
+        BOOT_PROTECT_BINFMT,
+        GENERAL_GUI_APPLICATIONS,
+    }
+)
+
 
 @dataclass(frozen=True)
 class WslConf:

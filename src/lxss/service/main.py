@@ -29,7 +29,16 @@ from lxss.service.settings import Settings
 
 log = logging.getLogger("lxssd")
 
-USAGE = "usage: lxssd [--systemd] [--log-file PATH] [--debug]"
+USAGE = """\
+Usage: lxssd [--systemd] [--log-file PATH] [--debug]
+
+Options:
+  --systemd                       take the listening socket from systemd (socket activation)
+                                  and report readiness to it
+  --log-file PATH                 log to PATH (else stderr, which is the journal under systemd)
+  --debug                         log at debug level (LXSS_LOG_LEVEL sets any level)
+  -h, --help                      show this help
+"""
 
 DESCRIPTOR_LIMIT = 65536
 START_TIMEOUT = 60.0  # for the service to become ready, as its foreground parent waits
@@ -239,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         elif arg == "--log-file" and args:
             log_file = args.pop(0)
         elif arg in ("-h", "--help"):
-            print(USAGE)
+            sys.stdout.write(USAGE)
             return 0
         else:
-            print(f"lxssd: unknown argument {arg!r}\n{USAGE}", file=sys.stderr)
+            sys.stderr.write(f"lxssd: unknown argument {arg!r}\n{USAGE}")
             return 2
     if os.geteuid() != 0:
         print("lxssd: must run as root (it starts each user's distributions)", file=sys.stderr)

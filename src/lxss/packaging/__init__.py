@@ -1,0 +1,1 @@
+"""Files generated for the system around lxss: shell completions, man pages, lxss.conf."""
