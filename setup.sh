@@ -4,6 +4,7 @@
 #
 #   ./setup.sh          install everything, then: lxss --install busybox; lxss -d busybox -- ...
 #   ./setup.sh deps     install everything, run nothing (used by ./test.sh and .ci/run)
+#   ./setup.sh deb      build the Debian package into dist/ (install: apt install ./dist/lxss_*.deb)
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 mode=${1:-demo}
@@ -15,7 +16,8 @@ die() { echo "setup.sh: $*" >&2; exit 1; }
 # Debian packages the service, the tests and the benchmarks use.
 packages="python3-venv busybox-static debootstrap uidmap e2fsprogs zstd xz-utils bzip2 gzip
   tmux procps psmisc iproute2 iptables nftables util-linux hyperfine bubblewrap
-  docker-registry skopeo umoci"
+  docker-registry skopeo umoci
+  debhelper dh-python dpkg-dev fakeroot lintian bash-completion zsh fish man-db groff-base"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -53,6 +55,29 @@ LAUNCHER
     mv "/usr/local/bin/$name.tmp" "/usr/local/bin/$name"
 done
 
+# The manual, the shell completions and `wsl` (only where no other wsl is), generated from
+# the tree's own tables into /usr/local/share.
+generated=$(mktemp -d)
+PYTHONPATH="$here/src" "$venv/bin/python3" -B -m lxss.packaging "$generated"
+share=/usr/local/share
+for page in "$generated"/man/*; do
+    section=${page##*.}
+    install -D -m 644 "$page" "$share/man/man$section/$(basename "$page")"
+done
+install -D -m 644 "$generated/completion/bash/lxss" "$share/bash-completion/completions/lxss"
+ln -sf lxss "$share/bash-completion/completions/wsl"
+install -D -m 644 "$generated/completion/zsh/_lxss" "$share/zsh/site-functions/_lxss"
+install -D -m 644 "$generated/completion/fish/lxss.fish" "$share/fish/vendor_completions.d/lxss.fish"
+ln -sf lxss.fish "$share/fish/vendor_completions.d/wsl.fish"
+rm -rf "$generated"
+wsl=$(command -v wsl || true)
+if [ -z "$wsl" ] || { [ "$wsl" = /usr/local/bin/wsl ] && [ -L /usr/local/bin/wsl ]; }; then
+    ln -sf lxss /usr/local/bin/wsl
+    ln -sf lxss.1 "$share/man/man1/wsl.1"
+else
+    echo "setup.sh: $wsl exists, so wsl stays what it is (lxss is lxss)"
+fi
+
 # Machines with systemd get socket activation; others start lxssd on demand.
 if [ -d /run/systemd/system ]; then
     sed "s#@LXSSD@#/usr/local/bin/lxssd#" "$here/data/systemd/lxssd.service" > /etc/systemd/system/lxssd.service
@@ -62,6 +87,21 @@ if [ -d /run/systemd/system ]; then
 fi
 
 [ "$mode" = deps ] && exit 0
+
+if [ "$mode" = deb ]; then
+    # dpkg-buildpackage writes beside the source tree: build in a copy of it.
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    mkdir "$build/lxss"
+    tar -C "$here" --exclude=./.venv --exclude=./.git --exclude=./dist --exclude='__pycache__' \
+        --exclude='.*_cache' -cf - . | tar -C "$build/lxss" -xf -
+    (cd "$build/lxss" && dpkg-buildpackage -b -us -uc -Zxz >"$build/build.log" 2>&1) ||
+        { tail -n 30 "$build/build.log" >&2; die "dpkg-buildpackage failed"; }
+    mkdir -p "$here/dist"
+    cp "$build"/lxss_*.deb "$here/dist/"
+    ls "$here"/dist/lxss_*.deb
+    exit 0
+fi
 
 if ! lxss --list --quiet 2>/dev/null | grep -qx busybox; then
     lxss --install busybox
