@@ -45,6 +45,14 @@ def installed() -> bool:
     return "installed" in status.stdout or "config-files" in status.stdout
 
 
+@pytest.fixture(scope="module")
+def deb() -> str:
+    """The package, built from this tree by the one command, once for the module."""
+    if shutil.which("dpkg-buildpackage") is None or shutil.which("lintian") is None:
+        pytest.skip("dpkg-dev and lintian are not installed (./setup.sh installs them)")
+    return run([str(REPO / "setup.sh"), "deb"]).split()[-1]
+
+
 @pytest.fixture
 def private_env() -> Iterator[dict[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="lxss-deb-", dir="/var/tmp"))
@@ -70,15 +78,12 @@ def private_env() -> Iterator[dict[str, str]]:
 
 
 def test_package_builds_installs_runs_and_leaves_only_what_purge_names(
-    private_env: dict[str, str],
+    deb: str, private_env: dict[str, str]
 ) -> None:
-    if shutil.which("dpkg-buildpackage") is None or shutil.which("lintian") is None:
-        pytest.skip("dpkg-dev and lintian are not installed (./setup.sh installs them)")
     if installed() or Path("/usr/bin/lxss").exists() or Path("/usr/bin/wsl").exists():
         pytest.skip("lxss (or a wsl) is installed on this machine: not replacing it")
     env = private_env
     had_state_dir = Path("/var/lib/lxss").exists()  # a real installation's: left alone
-    deb = run([str(REPO / "setup.sh"), "deb"]).split()[-1]
     lint = subprocess.run(["lintian", deb], capture_output=True, text=True, timeout=600)
     errors = [line for line in lint.stdout.splitlines() if line.startswith("E:")]
     assert not errors, lint.stdout
@@ -131,3 +136,60 @@ def test_package_builds_installs_runs_and_leaves_only_what_purge_names(
     assert not wants, wants
     query = subprocess.run(["update-alternatives", "--query", "wsl"], capture_output=True)
     assert query.returncode != 0, "the wsl alternative outlived the package"
+
+
+FAKE_TOOL = """#!/bin/sh
+echo "$(basename "$0") $*" >> "$CALLS"
+"""
+RECORDED = ("systemctl", "deb-systemd-helper", "deb-systemd-invoke", "update-alternatives",
+            "py3compile", "py3clean")  # fmt: skip
+
+
+@pytest.mark.parametrize("systemd", [True, False], ids=["systemd", "no-systemd"])
+def test_maintainer_scripts_start_and_stop_the_service_either_way(
+    deb: str, systemd: bool, tmp_path: Path
+) -> None:
+    """postinst and prerm as dpkg runs them, on a /run/systemd of the test's own (a private
+    mount namespace): under systemd the units are enabled, started and stopped; without it
+    they are only enabled (for a later boot with systemd) and prerm stops the lxssd that lxss
+    started on demand, found by the instance lock of LXSS_RUNTIME_DIR. The tools that would
+    change the machine are stand-ins that record their calls."""
+    control = tmp_path / "control"
+    run(["dpkg-deb", "-e", deb, str(control)])
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for name in RECORDED:
+        (tools / name).write_text(FAKE_TOOL)
+        (tools / name).chmod(0o755)
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    # Stands for an on-demand lxssd: what prerm looks for is the module in its command line.
+    lxssd = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import time; time.sleep(600)", "lxss.service.main"]
+    )
+    try:
+        (runtime / "lxssd.lock").write_text(f"{lxssd.pid}\n")
+        calls = tmp_path / "calls"
+        systemd_dir = "mkdir /run/systemd/system;" if systemd else ""
+        script = (
+            f"mount -t tmpfs tmpfs /run/systemd && {systemd_dir}"
+            f" sh -e {control}/postinst configure && sh -e {control}/prerm remove"
+        )
+        env = {"PATH": f"{tools}:/usr/sbin:/usr/bin:/sbin:/bin", "CALLS": str(calls),
+               "LXSS_RUNTIME_DIR": str(runtime)}  # fmt: skip
+        run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=env)
+        said = calls.read_text()
+        stopped = lxssd.wait(timeout=60) if not systemd else lxssd.poll()
+    finally:
+        lxssd.kill()
+        lxssd.wait(10)
+    assert "update-alternatives --install /usr/bin/wsl wsl /usr/bin/lxss" in said
+    assert "update-alternatives --remove wsl /usr/bin/lxss" in said
+    assert "deb-systemd-helper enable lxssd.socket" in said
+    if systemd:
+        assert "deb-systemd-invoke start lxssd.service lxssd.socket" in said
+        assert "deb-systemd-invoke stop lxssd.service lxssd.socket" in said
+        assert stopped is None, "under systemd, prerm leaves stopping to systemd"
+    else:
+        assert "deb-systemd-invoke" not in said and "systemctl" not in said, said
+        assert stopped == -signal.SIGTERM, "prerm did not stop the on-demand lxssd"
