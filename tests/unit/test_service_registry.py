@@ -186,3 +186,74 @@ def test_persistence_and_wal(tmp_path: Path) -> None:
         second.close()
     with contextlib.closing(sqlite3.connect(path)) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# The schema's version and its migrations -------------------------------------------
+
+# The tables as lxssd wrote them before the schema had a version (user_version 0).
+_VERSION_0 = """
+CREATE TABLE distributions (
+    guid TEXT PRIMARY KEY, name TEXT NOT NULL, name_key TEXT NOT NULL,
+    owner_uid INTEGER NOT NULL, base_path TEXT NOT NULL, managed_base INTEGER NOT NULL,
+    version INTEGER NOT NULL, default_uid INTEGER NOT NULL, flags INTEGER NOT NULL,
+    state TEXT NOT NULL, os_id TEXT NOT NULL DEFAULT '', os_version_id TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL, UNIQUE (owner_uid, name_key)
+);
+CREATE TABLE users (
+    uid INTEGER PRIMARY KEY, default_distribution TEXT, default_version INTEGER NOT NULL DEFAULT 1
+);
+INSERT INTO distributions VALUES
+    ('0b6a4cf8-5f57-4a3c-9d59-0d7f3b6f8c11', 'Old', 'old', 1000, '/home/a/old', 0, 1, 0, 7,
+     'Installed', 'debian', '12', 1.5);
+INSERT INTO users VALUES (1000, '0b6a4cf8-5f57-4a3c-9d59-0d7f3b6f8c11', 2);
+"""
+
+
+def _user_version(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        return int(raw.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_a_new_database_has_the_current_schema_version(tmp_path: Path) -> None:
+    Registry(str(tmp_path / "new.sqlite")).close()
+    assert _user_version(tmp_path / "new.sqlite") == registry.SCHEMA_VERSION >= 1
+
+
+def test_a_version_0_database_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.executescript(_VERSION_0)
+    assert _user_version(path) == 0
+    db = Registry(str(path))
+    try:
+        old = db.find(ALICE, "old")
+        assert old is not None
+        assert (old.base_path, old.managed_base, old.state, old.os_id) == (
+            "/home/a/old", False, INSTALLED, "debian",
+        )  # fmt: skip
+        assert (old.base_dev, old.base_ino) == (None, None)  # not known before version 1
+        assert db.user(ALICE).default_distribution == old.guid
+        assert db.user(ALICE).default_version == 2
+        db.set_base(old.guid, "/home/a/old", (8, 1234))
+        assert (db.get(old.guid) or old).base_ino == 1234
+        install(db, "new")  # a row of the new shape beside the migrated one
+    finally:
+        db.close()
+    assert _user_version(path) == registry.SCHEMA_VERSION
+    Registry(str(path)).close()  # opening a migrated database again changes nothing
+
+
+def test_a_database_from_a_newer_lxssd_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.sqlite"
+    Registry(str(path)).close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute(f"PRAGMA user_version = {registry.SCHEMA_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer than this lxssd"):
+        Registry(str(path))
+
+
+def test_base_identity_is_stored(db: Registry) -> None:
+    guid = new_guid()
+    db.begin_install(new_distribution("ident", ALICE, "/x", True, 1, guid, (5, 77)))
+    found = db.get(guid)
+    assert found is not None and (found.base_dev, found.base_ino) == (5, 77)

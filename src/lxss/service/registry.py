@@ -7,6 +7,9 @@ a crash can never leave a distribution "Running".
 A distribution is inserted as Installing and becomes Installed (and, if the
 user has none, the default) in one transaction at the end of its import;
 rows left Installing or Uninstalling by a crash are finished off at start-up.
+
+The schema's version is SQLite's user_version; `_MIGRATIONS` brings an older
+database up to date, one step per version, each in its own transaction.
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ FLAG_DEFAULTS: Final = 0x7  # WSL's ENABLE_INTEROP | APPEND_NT_PATH | ENABLE_DRI
 _NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,256}")
 
 _SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS distributions (
+CREATE TABLE distributions (
     guid          TEXT PRIMARY KEY,
     name          TEXT NOT NULL,
     name_key      TEXT NOT NULL,
     owner_uid     INTEGER NOT NULL,
     base_path     TEXT NOT NULL,
     managed_base  INTEGER NOT NULL,   -- 1: the service created base_path and removes it
+    base_dev      INTEGER,            -- base_path's st_dev and st_ino when it was registered
+    base_ino      INTEGER,            -- (NULL: registered before they were recorded)
     version       INTEGER NOT NULL,
     default_uid   INTEGER NOT NULL,
     flags         INTEGER NOT NULL,
@@ -48,12 +53,20 @@ CREATE TABLE IF NOT EXISTS distributions (
     created       REAL NOT NULL,
     UNIQUE (owner_uid, name_key)
 );
-CREATE TABLE IF NOT EXISTS users (
+CREATE TABLE users (
     uid                  INTEGER PRIMARY KEY,
     default_distribution TEXT,
     default_version      INTEGER NOT NULL DEFAULT 1
 );
 """
+
+# Each step takes a database of version N (its index) to version N + 1.
+_MIGRATIONS: Final = (
+    # 0 -> 1: the identity of each base directory, checked before every use of the tree.
+    "ALTER TABLE distributions ADD COLUMN base_dev INTEGER;"
+    " ALTER TABLE distributions ADD COLUMN base_ino INTEGER;",
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 
 class NameTaken(Exception):
@@ -67,6 +80,8 @@ class Distribution:
     owner_uid: int
     base_path: str
     managed_base: bool
+    base_dev: int | None
+    base_ino: int | None
     version: int
     default_uid: int
     flags: int
@@ -109,6 +124,8 @@ def _row(row: sqlite3.Row) -> Distribution:
         owner_uid=row["owner_uid"],
         base_path=row["base_path"],
         managed_base=bool(row["managed_base"]),
+        base_dev=row["base_dev"],
+        base_ino=row["base_ino"],
         version=row["version"],
         default_uid=row["default_uid"],
         flags=row["flags"],
@@ -164,7 +181,28 @@ class Registry:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Create the tables, or migrate them from the version the database records."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the registry is of schema version {version}, newer than this lxssd's"
+                f" {SCHEMA_VERSION}: run the lxssd that wrote it"
+            )
+        with self._transaction() as db:
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            if not tables:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            else:
+                for step in _MIGRATIONS[version:]:
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -216,10 +254,11 @@ class Registry:
         try:
             self._db.execute(
                 "INSERT INTO distributions (guid, name, name_key, owner_uid, base_path,"
-                " managed_base, version, default_uid, flags, state, os_id, os_version_id, created)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " managed_base, base_dev, base_ino, version, default_uid, flags, state, os_id,"
+                " os_version_id, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (d.guid, d.name, d.name.lower(), d.owner_uid, d.base_path, int(d.managed_base),
-                 d.version, d.default_uid, d.flags, d.state, d.os_id, d.os_version_id, d.created),
+                 d.base_dev, d.base_ino, d.version, d.default_uid, d.flags, d.state, d.os_id,
+                 d.os_version_id, d.created),
             )  # fmt: skip
         except sqlite3.IntegrityError:
             raise NameTaken(d.name) from None
@@ -239,6 +278,13 @@ class Registry:
 
     def set_state(self, guid: str, state: str) -> None:
         self._db.execute("UPDATE distributions SET state = ? WHERE guid = ?", (state, guid))
+
+    def set_base(self, guid: str, base_path: str, identity: tuple[int, int]) -> None:
+        """Where a distribution's files are and the identity (st_dev, st_ino) of that directory."""
+        self._db.execute(
+            "UPDATE distributions SET base_path = ?, base_dev = ?, base_ino = ? WHERE guid = ?",
+            (base_path, identity[0], identity[1], guid),
+        )
 
     def set_os_release(self, guid: str, os_id: str, os_version_id: str) -> None:
         os_id, os_version_id = os_release_field(os_id), os_release_field(os_version_id)
@@ -307,7 +353,13 @@ class Registry:
 
 
 def new_distribution(
-    name: str, owner_uid: int, base_path: str, managed_base: bool, version: int, guid: str
+    name: str,
+    owner_uid: int,
+    base_path: str,
+    managed_base: bool,
+    version: int,
+    guid: str,
+    identity: tuple[int, int] | None = None,
 ) -> Distribution:
     return Distribution(
         guid=guid,
@@ -315,6 +367,8 @@ def new_distribution(
         owner_uid=owner_uid,
         base_path=base_path,
         managed_base=managed_base,
+        base_dev=None if identity is None else identity[0],
+        base_ino=None if identity is None else identity[1],
         version=version,
         default_uid=0,
         flags=FLAG_DEFAULTS,
