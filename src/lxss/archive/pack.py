@@ -5,6 +5,11 @@ them), modes including set-id bits, hard links, symlinks, fifos and extended
 attributes (as pax SCHILY.xattr records, the convention GNU tar and bsdtar
 share). Names are "./path", like `tar -C root -c .`, in sorted order so two
 exports of the same tree are the same bytes.
+
+Headers are written as GNU tar writes them, so that GNU tar and bsdtar both read
+them without a warning: names and values that are not UTF-8 (Linux allows any
+bytes) go raw, never with the `hdrcharset=BINARY` record GNU tar does not know;
+a name that is not UTF-8 but fits the ustar field goes in that field alone.
 """
 
 from __future__ import annotations
@@ -56,6 +61,101 @@ def _xattrs(path: str) -> dict[str, str]:
     return headers
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _number(value: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, value)
+
+
+def _block(
+    name: bytes,
+    kind: bytes,
+    size: int,
+    mode: int = 0o644,
+    ids: tuple[int, int] = (0, 0),
+    mtime: int = 0,
+    linkname: bytes = b"",
+    device: tuple[int, int] = (0, 0),
+) -> bytes:
+    """One ustar header block (POSIX.1-1988: magic "ustar\\0", version "00")."""
+    fields = [
+        name[:100].ljust(100, b"\0"),
+        _number(mode, 8),
+        _number(ids[0], 8),
+        _number(ids[1], 8),
+        _number(size, 12),
+        _number(mtime, 12),
+        b" " * 8,  # the checksum, counted as spaces
+        kind,
+        linkname[:100].ljust(100, b"\0"),
+        b"ustar\x0000",
+        b"\0" * 64,  # uname, gname: owners are numeric
+        _number(device[0], 8),
+        _number(device[1], 8),
+        b"\0" * 167,  # prefix (unused: a long name goes in a record) and padding
+    ]
+    block = b"".join(fields)
+    return block[:148] + b"%06o\0 " % sum(block) + block[156:]
+
+
+def _records(records: dict[str, str]) -> bytes:
+    """pax extended header records, "LENGTH keyword=value\\n", values as raw bytes."""
+    body = b""
+    for keyword, value in records.items():
+        line = b" " + _raw(keyword) + b"=" + _raw(value) + b"\n"
+        size = len(line)
+        while len(str(size)) + len(line) != size:  # the length counts its own digits
+            size = len(str(size)) + len(line)
+        body += str(size).encode() + line
+    return body
+
+
+class _Member(tarfile.TarInfo):
+    """A tar member whose headers carry every byte as it is (see the module docstring)."""
+
+    def tobuf(
+        self, format: int | None = None, encoding: str | None = None, errors: str = ""
+    ) -> bytes:
+        records = dict(self.pax_headers)
+        name, linkname = _raw(self.name), _raw(self.linkname)
+        for keyword, text, raw in (
+            ("path", self.name, name),
+            ("linkpath", self.linkname, linkname),
+        ):
+            if len(raw) > 100 or (not text.isascii() and _utf8(text)):
+                records[keyword] = text  # raw bytes that fit stay in the field alone
+        numbers = {"uid": self.uid, "gid": self.gid, "size": self.size, "mtime": int(self.mtime)}
+        for keyword, value in list(numbers.items()):
+            if not 0 <= value < 8 ** (11 if keyword in ("size", "mtime") else 7):
+                records[keyword] = str(value)
+                numbers[keyword] = 0
+        head = b""
+        if records:
+            body = _records(records)
+            padding = b"\0" * (-len(body) % tarfile.BLOCKSIZE)
+            head = _block(b"././@PaxHeader", tarfile.XHDTYPE, len(body)) + body + padding
+        return head + _block(
+            name,
+            self.type,
+            numbers["size"],
+            self.mode,
+            (numbers["uid"], numbers["gid"]),
+            numbers["mtime"],
+            linkname,
+            (self.devmajor, self.devminor),
+        )
+
+
 class Packer:
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
@@ -70,7 +170,7 @@ class Packer:
 
     def _add(self, archive: tarfile.TarFile, path: str) -> None:
         st = os.lstat(path)
-        info = tarfile.TarInfo("./" if path == "." else path)
+        info = _Member("./" if path == "." else path)
         info.mode = stat.S_IMODE(st.st_mode)
         info.uid, info.gid = st.st_uid, st.st_gid
         info.mtime = int(st.st_mtime)
