@@ -333,3 +333,9 @@ def minimal_linux() -> list[tuple[tarfile.TarInfo, bytes | None]]:
         (member("etc", tarfile.DIRTYPE, mode=0o755), None),
         (member("etc/os-release"), b"ID=minimal\n"),
     ]
+
+
+def rootfs_of(location: Path) -> Path:
+    """Where the tree of a distribution imported into *location* is: lxssd makes its own
+    0700 directory there (lxss.service.locations), which holds rootfs/."""
+    return location / "distribution" / "rootfs"

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from conftest import TEST_USERS, Result, Service, busybox_tarball
-from mgmt import User, registry_rows, shared_dir
+from mgmt import User, registry_rows, rootfs_of, shared_dir
 
 from lxss.vm.cgroup import Layout
 
@@ -106,7 +106,7 @@ class UserDistribution:
 
     @property
     def rootfs(self) -> Path:
-        return self.location / "rootfs"
+        return rootfs_of(self.location)
 
     def run(self, script: str, *, input: bytes | None = None, timeout: float = 60.0,
             user: str | None = None) -> Result:  # fmt: skip

@@ -24,6 +24,7 @@ from mgmt import (
     minimal_linux,
     registered,
     registry_rows,
+    rootfs_of,
     shared_dir,
     tar_bytes,
 )
@@ -92,7 +93,7 @@ def test_hostile_archive_is_confined(service: Service, owner: User, bait: Path) 
         try:
             with registered(service, f"hostile-{owner.uid}", location, archive,
                             user=owner.name) as result:  # fmt: skip
-                rootfs = location / "rootfs"
+                rootfs = rootfs_of(location)
                 warnings = result.err.splitlines()
                 assert all(w.startswith("lxss: warning: ") for w in warnings), result.err
                 assert any("path contains '..'" in w for w in warnings), result.err
@@ -189,7 +190,7 @@ def test_odd_members_are_skipped_with_a_warning(
         [warning] = result.err.splitlines()
         assert warning.startswith("lxss: warning: skipped "), warning
         assert f"'{skipped}'" in warning, warning
-        rootfs = tmp_path / "d/rootfs"
+        rootfs = rootfs_of(tmp_path / "d")
         assert (rootfs / "etc/after").read_text() == "after\n"
         assert (rootfs / "etc/os-release").read_text() == "ID=minimal\n"
 

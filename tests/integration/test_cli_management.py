@@ -109,7 +109,7 @@ def test_names_are_unique_per_user_whatever_their_case(
     finally:
         unregister(service, "dup")
     assert names(service, user=USER) == []
-    assert not (home / "d-Dup/rootfs").exists()
+    assert not (home / "d-Dup/distribution").exists()
 
 
 def test_same_name_for_two_users(service: Service, tarball: Path, home: Path) -> None:

@@ -35,6 +35,7 @@ from mgmt import (
     read_reply,
     registered,
     registry_rows,
+    rootfs_of,
     shared_dir,
     spawn_lxss,
     tar_bytes,
@@ -109,12 +110,12 @@ def test_import_every_format_keeps_the_tree(
     with registered(service, name, location, archives[kind]) as result:
         assert result.out == f"Imported '{name}'.\n"
         device_warning(result.err)
-        assert_same(expected, rootfs_sum(location / "rootfs", root_shift()))
+        assert_same(expected, rootfs_sum(rootfs_of(location), root_shift()))
         [row] = registry_rows(service, name)
         assert row["state"] == "Installed"
-        assert row["base_path"] == str(location)
+        assert row["base_path"] == str(rootfs_of(location).parent)
         assert (row["os_id"], row["os_version_id"]) == ("richtree", "42")
-    assert not (location / "rootfs").exists()
+    assert not rootfs_of(location).parent.exists(), "lxssd's own directory is removed"
     assert location.is_dir(), "a location the user gave is left in place (empty)"
     assert registry_rows(service, name) == []
 
@@ -136,7 +137,7 @@ def test_import_from_stdin(
     assert result.returncode == 0, str(result)
     try:
         device_warning(result.err)
-        assert_same(expected, rootfs_sum(location / "rootfs", root_shift()))
+        assert_same(expected, rootfs_sum(rootfs_of(location), root_shift()))
     finally:
         service.ok("--unregister", name)
 
@@ -220,7 +221,7 @@ def test_export_then_reimport(
     name = f"re-{filename.replace('.', '_')}"
     with registered(service, name, tmp_path / "again", out) as again:
         assert again.err == "", "nothing is skipped the second time"
-        assert_same(expected, rootfs_sum(tmp_path / "again/rootfs", root_shift()))
+        assert_same(expected, rootfs_sum(rootfs_of(tmp_path / "again"), root_shift()))
 
 
 def test_export_is_reproducible_and_goes_to_stdout(
@@ -247,7 +248,7 @@ def test_failed_export_leaves_no_file(service: Service, tmp_path: Path) -> None:
         # the owner's user namespace) has no right to read it.
         shift = root_shift()
         unmapped = shift.sub_uid + shift.count + 1000
-        secret = location / "rootfs/etc/not-mapped"
+        secret = rootfs_of(location) / "etc/not-mapped"
         secret.write_text("x" * 100_000)
         os.chown(secret, unmapped, unmapped)
         os.chmod(secret, 0)
@@ -314,7 +315,7 @@ def test_owners_beyond_the_mapping_become_root_with_a_warning(
     archive.write_bytes(tar_bytes(members))
     shift = root_shift()
     with registered(service, "owners", tmp_path / "d", archive) as result:
-        rootfs = tmp_path / "d/rootfs"
+        rootfs = rootfs_of(tmp_path / "d")
         assert result.err.splitlines() == [
             "lxss: warning: 1 file(s) kept as root: owner or group above 65535: etc/high"
         ]
@@ -336,7 +337,7 @@ def test_unsupported_and_special_members(service: Service, tmp_path: Path) -> No
         assert result.err.splitlines() == [
             "lxss: warning: 1 device node(s) skipped (a distribution cannot create them): dev/sda"
         ]
-        assert not os.path.lexists(tmp_path / "d/rootfs/dev/sda")
+        assert not os.path.lexists(rootfs_of(tmp_path / "d") / "dev/sda")
 
 
 @pytest.mark.parametrize("tar_format", ["gnu", "posix"])
@@ -358,7 +359,7 @@ def test_sparse_file_keeps_content_and_holes(
     with tarfile.open(archive) as t:
         assert t.getmember("./etc/sparse").issparse(), "GNU tar made no sparse member"
     with registered(service, f"sparse-{tar_format}", tmp_path / "d", archive):
-        copy = tmp_path / "d/rootfs/etc/sparse"
+        copy = rootfs_of(tmp_path / "d") / "etc/sparse"
         assert copy.read_bytes() == (source / "etc/sparse").read_bytes()
         assert os.stat(copy).st_blocks * 512 < 1 << 20, "the holes were written out"
 
@@ -379,7 +380,7 @@ def test_user_import_is_shifted_and_exports_back(
             device_warning(result.err)
             shift = IdShift.of(user.name, user.uid, user.gid)
             assert shift.sub_uid >= 65536, "a subordinate range, not host system ids"
-            rootfs = location / "rootfs"
+            rootfs = rootfs_of(location)
             assert (rootfs.stat().st_uid, rootfs.stat().st_gid) == (user.uid, user.gid)
             su = (rootfs / "bin/su").stat()
             assert (su.st_uid, su.st_mode & 0o7777) == (user.uid, 0o4755)
@@ -409,7 +410,30 @@ def test_debian_round_trip(service: Service, debian_tarball: Path, tmp_path: Pat
         assert warning.startswith(f"lxss: warning: {len(devices)} device node(s) skipped"), warning
         [row] = registry_rows(service, "debian-rt")
         assert (row["os_id"], row["os_version_id"]) == ("debian", "12")
-        assert_same(reference, rootfs_sum(location / "rootfs", root_shift()))
+        assert_same(reference, rootfs_sum(rootfs_of(location), root_shift()))
         exported = tmp_path / "debian.tar.zst"
         service.ok("--export", "debian-rt", str(exported))
         assert_same(reference, archive_sum(exported, tmp_path / "exported"))
+
+
+def test_exports_are_read_silently_by_gnu_tar_and_bsdtar(service: Service, tmp_path: Path) -> None:
+    """An export's headers make neither GNU tar nor bsdtar print a word (no `hdrcharset`
+    record GNU tar does not know), binary xattr values and names that are not UTF-8
+    included, and the archive re-imports identically."""
+    root = tmp_path / "odd"
+    build_rich_tree(root)  # binary xattr values, non-ASCII names, a 400-byte path
+    (root / os.fsdecode(b"srv/latin1-\xe9t\xe9.txt")).write_text("not UTF-8\n")
+    (root / os.fsdecode(b"srv/link-\xff")).symlink_to(os.fsdecode(b"latin1-\xe9t\xe9.txt"))
+    (root / ("srv/" + "long-é" * 30)).write_text("a long UTF-8 name\n")
+    expected = tree_sum(root).without([DEVICE])
+    archive = gnu_tar(root, tmp_path / "odd.tar", "tar")
+    with registered(service, "odd", tmp_path / "loc", archive):
+        out = tmp_path / "export.tar"
+        service.ok("--export", "odd", str(out))
+    for reader in (["tar", "--xattrs", "-tvf"], ["bsdtar", "-tvf"]):
+        listed = subprocess.run([*reader, str(out)], capture_output=True, timeout=120, check=False)
+        assert (listed.returncode, listed.stderr) == (0, b""), (reader, listed.stderr)
+    assert_same(expected, archive_sum(out, tmp_path / "gnu"))
+    with registered(service, "odd-again", tmp_path / "again", out) as again:
+        assert again.err == ""
+        assert_same(expected, rootfs_sum(rootfs_of(tmp_path / "again"), root_shift()))

@@ -23,6 +23,7 @@ from mgmt import (
     minimal_linux,
     registered,
     registry_rows,
+    rootfs_of,
     shared_dir,
     spawn_lxss,
     tar_bytes,
@@ -124,7 +125,7 @@ def test_installing_then_installed(service: Service, owner_home: Path) -> None:
         [row] = registry_rows(service, "slow")
         assert row["state"] == "Installed"
         assert table(service) == {"slow": ("*", "Stopped", "1")}
-        assert (location / "rootfs/etc/late").read_text() == "written last\n"
+        assert (rootfs_of(location) / "etc/late").read_text() == "written last\n"
         reply = call(service, "GetDefaultDistribution", user=OWNER)
         assert reply["parameters"]["name"] == "slow"
     finally:

@@ -29,6 +29,7 @@ from mgmt import (
     member,
     minimal_linux,
     registry_rows,
+    rootfs_of,
     shared_dir,
     tar_bytes,
 )
@@ -125,7 +126,7 @@ def test_symlinked_parents_are_confined(
     result = import_as(service, owner, "sec-parents", location, archive)
     assert result.returncode == 0, result
     with unregistered_after(service, owner, "sec-parents"):
-        rootfs = location / "rootfs"
+        rootfs = rootfs_of(location)
         inside = rootfs / str(bait).lstrip("/")
         for name in ("replaced-dir", "chain", "above-root"):
             assert (inside / f"{tag}-{name}").read_text() == "confined\n", name
@@ -186,7 +187,7 @@ def test_device_nodes_are_skipped(service: Service, owner: User, work: Path) -> 
         warnings = result.err.splitlines()
         assert any("3 device node(s) skipped" in line for line in warnings), result.err
         assert any("'dev/disk-again'" in line for line in warnings), result.err
-        rootfs = location / "rootfs"
+        rootfs = rootfs_of(location)
         kinds = {str(p.relative_to(rootfs)): p.lstat().st_mode for p in rootfs.rglob("*")}
         assert not [p for p, mode in kinds.items() if stat.S_ISBLK(mode) or stat.S_ISCHR(mode)]
         assert stat.S_ISFIFO(kinds["dev/fifo"])
@@ -241,7 +242,7 @@ def test_one_tebibyte_sparse_members(service: Service, owner: User, work: Path, 
         assert "bytes free" in line or "truncated" in line, line
         return
     with unregistered_after(service, owner, f"sec-sparse-{kind}"):
-        for path in (location / "rootfs").rglob("*"):
+        for path in rootfs_of(location).rglob("*"):
             assert path.lstat().st_blocks * 512 < 64 << 20, f"{path} takes real space"
 
 

@@ -18,6 +18,7 @@ from mgmt import (
     names,
     registered,
     registry_rows,
+    rootfs_of,
     shared_dir,
 )
 
@@ -71,7 +72,7 @@ def test_install_directory_the_user_cannot_use(service: Service, work: Path, whe
     result = service.lxss("--import", "nowhere", str(location), str(tarball), user=A)
     assert_fails(result, *fragments)
     nothing_registered(service, A, "nowhere")
-    assert not (location / "rootfs").exists()
+    assert not rootfs_of(location).exists()
     if where == "below-root-dir":
         assert not location.exists()
     else:
@@ -99,7 +100,7 @@ def test_users_see_only_their_own(service: Service, work: Path) -> None:
         assert names(service, user=B) == ["mine"]
         listed = call(service, "EnumerateDistributions", user=B)["parameters"]["distributions"]
         assert [d["name"] for d in listed] == ["mine"]
-        before = (Path(a.home) / "private/rootfs/bin/busybox").stat()
+        before = (rootfs_of(Path(a.home) / "private") / "bin/busybox").stat()
         out = Path(b.home) / "stolen.tar"
         for key in ("private", "PRIVATE", guid, guid.upper(), "{" + guid + "}"):
             for args in (["--export", key, str(out)], ["--export", key, "-"],
@@ -122,7 +123,7 @@ def test_users_see_only_their_own(service: Service, work: Path) -> None:
         # A's distribution is untouched, and still A's default; root sees it only when asked.
         assert names(service, user=A) == ["private"]
         assert call(service, "GetDefaultDistribution", user=A)["parameters"]["guid"] == guid
-        assert (Path(a.home) / "private/rootfs/bin/busybox").stat() == before
+        assert (rootfs_of(Path(a.home) / "private") / "bin/busybox").stat() == before
         assert "private" not in names(service)
         assert service.ok("--for-user", A, "-l", "-q").out == "private\n"
         assert_fails(service.lxss("--unregister", guid), "no distribution named")
@@ -135,8 +136,6 @@ def test_user_files_stay_out_of_reach_of_other_users(service: Service, work: Pat
     location = Path(a.home) / "owned"
     with registered(service, "owned", location, work / "bb.tar.gz", user=A):
         assert (location.stat().st_uid, location.stat().st_mode & 0o777) == (a.uid, 0o700)
-        owners = {
-            p.lstat().st_uid for p in [location / "rootfs", *(location / "rootfs").rglob("*")]
-        }
+        owners = {p.lstat().st_uid for p in [rootfs_of(location), *rootfs_of(location).rglob("*")]}
         assert owners == {a.uid}, "the busybox tree is all root's, which is A's uid on the host"
     location.rmdir()

@@ -8,10 +8,10 @@ owner's rights, not root's), starts any (de)compressor, then chroots into the
 tree and works there. It reports one JSON object on stdout; exit status 0 means
 success, 1 a failure the report explains, anything else a crash (stderr).
 
-    unpack (--dir-fd FD | --base PATH)       archive on stdin; creates rootfs/
+    unpack --base PATH                        archive on stdin; creates rootfs/
            [--layers JSON [--image JSON]]    ... or an image's layers (lxss.archive.layers)
     pack   --base PATH --out-fd FD --format F
-    remove --base PATH
+    remove --base PATH [--identity DEV:INO]   deletes rootfs/; reports what it could not
 """
 
 from __future__ import annotations
@@ -51,13 +51,19 @@ def _options(argv: list[str]) -> dict[str, str | bool]:
 
 
 def _open_base(options: dict[str, str | bool]) -> int:
-    if "dir-fd" in options:
-        return int(str(options["dir-fd"]))
+    """The base directory, opened with the owner's rights (never through a final link);
+    if --identity is given, it must be that directory."""
     base = str(options["base"])
     try:
-        return os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         raise WorkerError(f"cannot open {base}: {e.strerror}") from None
+    if "identity" in options:
+        st = os.fstat(fd)
+        if f"{st.st_dev}:{st.st_ino}" != options["identity"]:
+            os.close(fd)
+            raise WorkerError(f"{base} is not the directory registered; its files were left alone")
+    return fd
 
 
 class _Prefixed(io.RawIOBase):
@@ -266,26 +272,39 @@ def pack(options: dict[str, str | bool]) -> dict[str, Any]:
     return {"warnings": report.warnings, "files": report.files, "bytes": report.bytes}
 
 
+MAX_LEFT_NAMED = 5
+
+
 def remove(options: dict[str, str | bool]) -> dict[str, Any]:
-    base = str(options["base"])
+    """Delete base/rootfs as far as the owner may; what could not be deleted is reported
+    (unregistering goes on without it, as WSL's does), not raised."""
     try:
-        base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return {"warnings": []}  # already gone: unregistering must still work
-    except OSError as e:
-        raise WorkerError(f"cannot open {base}: {e.strerror}") from None
+        base_fd = _open_base(options)
+    except WorkerError:
+        if not os.path.lexists(str(options["base"])):
+            return {"left": [], "failures": 0}  # already gone: unregistering must still work
+        raise
+    left: list[str] = []
+    failures = 0
+
+    def failed(function: Any, path: str, exc_info: Any) -> None:
+        nonlocal failures
+        error = exc_info[1]
+        if function is os.rmdir and getattr(error, "errno", None) == errno.ENOTEMPTY:
+            return  # a directory holding what could not be deleted: counted there
+        if isinstance(error, FileNotFoundError) and path == ROOTFS:
+            return
+        failures += 1
+        if len(left) < MAX_LEFT_NAMED:
+            left.append(f"{path}: {getattr(error, 'strerror', None) or error}")
+
     try:
-        try:
-            shutil.rmtree(ROOTFS, dir_fd=base_fd)
-        except FileNotFoundError:
-            pass
-    except OSError as e:
-        raise WorkerError(f"cannot remove {base}/{ROOTFS}: {e.strerror}") from None
+        shutil.rmtree(ROOTFS, dir_fd=base_fd, onerror=failed)
     finally:
         os.close(base_fd)
-    # The base directory itself is left to whoever made it: the user, or the service
-    # (whose per-user directory its owner may not write in).
-    return {"warnings": []}
+    # The base directory itself is left to whoever made it: lxssd (who checks it is the one
+    # it made), or the user for distributions registered before lxssd made its own.
+    return {"left": left, "failures": failures}
 
 
 OPERATIONS = {"unpack": unpack, "pack": pack, "remove": remove}

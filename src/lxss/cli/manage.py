@@ -7,6 +7,7 @@ lxssd never opens a path a user names.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -137,49 +138,85 @@ def _export_format(path: str, given: str | bool | None) -> str:
 
 
 class _Output:
-    """The export's destination, invisible until :meth:`commit`: an O_TMPFILE linked
-    into place at the end, so a failed export leaves no partial file behind."""
+    """The export's destination, opened as a shell's `>` would open it: through symbolic
+    links, and straight into a FIFO or a device. A regular file (new or replaced) stays
+    invisible until :meth:`commit`: an O_TMPFILE linked into place at the end, so a failed
+    export leaves no partial file behind. Everything after the first step acts on the
+    directory opened then, never on its path again: a parent swapped for a link while an
+    export runs (root writing into a user's directory) is not followed."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._temp: str | None = None
-        directory = os.path.dirname(os.path.abspath(path))
+        self._dir_fd: int | None = None
+        target = os.path.realpath(path)  # as `>` follows links, dangling ones included
         try:
-            self.fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+            st: os.stat_result | None = os.stat(target)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise CommandError(f"cannot write {path}: {e.strerror}") from None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise CommandError(f"{path} is a directory; name a file to write")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            try:  # a FIFO, a terminal, a device: written in place, as `>` does
+                self.fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise CommandError(f"cannot write {path}: {e.strerror}") from None
+            return
+        directory, self._name = os.path.split(target)
+        try:
+            self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise CommandError(f"cannot write in {directory}: {e.strerror}") from None
+        mode = 0o644 if st is None else stat.S_IMODE(st.st_mode)
+        try:
+            self.fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, mode,
+                              dir_fd=self._dir_fd)  # fmt: skip
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):  # no O_TMPFILE
+                self.close()
                 raise CommandError(f"cannot write in {directory}: {e.strerror}") from None
-            self._temp = os.path.join(directory, f".{os.path.basename(path)}.lxss-{os.getpid()}")
+            self._temp = f".{self._name}.lxss-{os.getpid()}"
             try:
-                self.fd = os.open(
-                    self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-                )
+                self.fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                  mode, dir_fd=self._dir_fd)  # fmt: skip
             except OSError as e2:
-                raise CommandError(f"cannot write {self._temp}: {e2.strerror}") from None
+                self._temp = None
+                self.close()
+                raise CommandError(f"cannot write in {directory}: {e2.strerror}") from None
+        if st is not None:
+            with contextlib.suppress(OSError):  # keep the replaced file's mode, as `>` does
+                os.fchmod(self.fd, mode)
 
     def commit(self) -> None:
+        if self._dir_fd is None:
+            return  # written in place
         if self._temp is None:
-            temp = f"{self.path}.lxss-{os.getpid()}"
+            temp = f"{self._name}.lxss-{os.getpid()}"
             # linkat(AT_SYMLINK_FOLLOW) through /proc/self/fd gives an O_TMPFILE a name
             # (see open(2)); os.link only passes that flag when given a directory fd.
             proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                os.link(str(self.fd), temp, src_dir_fd=proc_fd, follow_symlinks=True)
+                os.link(str(self.fd), temp, src_dir_fd=proc_fd, dst_dir_fd=self._dir_fd,
+                        follow_symlinks=True)  # fmt: skip
             finally:
                 os.close(proc_fd)
             self._temp = temp
-        os.replace(self._temp, self.path)
+        os.replace(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         self._temp = None
 
     def discard(self) -> None:
-        if self._temp is not None:
-            try:
-                os.unlink(self._temp)
-            except FileNotFoundError:
-                pass
+        if self._temp is not None and self._dir_fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._temp, dir_fd=self._dir_fd)
 
     def close(self) -> None:
-        os.close(self.fd)
+        if hasattr(self, "fd"):
+            os.close(self.fd)
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
 
 def export(
@@ -277,8 +314,9 @@ def run(client: Client, request: Management, for_uid: int | None) -> int:
     elif action == "export":
         export(client, args[0], args[1], options.get("--format"), for_uid)
     elif action == "unregister":
-        client.call("UnregisterDistribution", {"distribution": args[0], "forUid": for_uid},
-                    timeout=LONG_CALL)  # fmt: skip
+        reply = client.call("UnregisterDistribution", {"distribution": args[0],
+                            "forUid": for_uid}, timeout=LONG_CALL)  # fmt: skip
+        warn(reply.get("warnings", []))
         out(f"Unregistered '{args[0]}'.")
     elif action == "set-default":
         client.call("SetDefaultDistribution", {"distribution": args[0], "forUid": for_uid})

@@ -147,18 +147,9 @@ def _unpack_result(report: dict[str, Any]) -> UnpackResult:
     )
 
 
-def _location_args(base_path: str, location_fd: int | None) -> tuple[list[str], tuple[int, ...]]:
-    if location_fd is not None:
-        return ["--dir-fd", str(location_fd)], (location_fd,)
-    return ["--base", base_path], ()
-
-
-async def unpack_archive(
-    jail: Jail, archive_fd: int, base_path: str, location_fd: int | None
-) -> UnpackResult:
-    """Unpack the archive on *archive_fd* into base_path/rootfs (or location_fd/rootfs)."""
-    args, fds = _location_args(base_path, location_fd)
-    report = await _run("unpack", jail, args, stdin=archive_fd, pass_fds=fds)
+async def unpack_archive(jail: Jail, archive_fd: int, base_path: str) -> UnpackResult:
+    """Unpack the archive on *archive_fd* into base_path/rootfs."""
+    report = await _run("unpack", jail, ["--base", base_path], stdin=archive_fd)
     return _unpack_result(report)
 
 
@@ -168,19 +159,15 @@ async def unpack_layers(
     layers: list[dict[str, Any]],
     image: dict[str, Any] | None,
     base_path: str,
-    location_fd: int | None,
 ) -> UnpackResult:
     """Apply an image's *layers* (digest and size each, checked by the caller), read in
     order from *stream_fd*, into base_path/rootfs, then its config's defaults (*image*)."""
-    args, fds = _location_args(base_path, location_fd)
-    args += ["--layers", json.dumps(layers), "--image", json.dumps(image or {})]
-    report = await _run("unpack", jail, args, stdin=stream_fd, pass_fds=fds)
+    args = ["--base", base_path, "--layers", json.dumps(layers), "--image", json.dumps(image or {})]
+    report = await _run("unpack", jail, args, stdin=stream_fd)
     return _unpack_result(report)
 
 
-async def unpack_builtin(
-    jail: Jail, name: str, base_path: str, location_fd: int | None
-) -> UnpackResult:
+async def unpack_builtin(jail: Jail, name: str, base_path: str) -> UnpackResult:
     """Unpack a built-in root file system, generated into a pipe by a thread."""
     if name != "busybox":
         raise WorkerFailed(f"there is no built-in distribution called '{name}' (try busybox)")
@@ -203,8 +190,7 @@ async def unpack_builtin(
     producer = threading.Thread(target=produce, name="busybox-rootfs", daemon=True)
     producer.start()
     try:
-        args, fds = _location_args(base_path, location_fd)
-        report = await _run("unpack", jail, args, stdin=read_end, pass_fds=fds)
+        report = await _run("unpack", jail, ["--base", base_path], stdin=read_end)
     finally:
         os.close(read_end)
         await asyncio.get_running_loop().run_in_executor(None, producer.join, 60.0)
@@ -220,8 +206,19 @@ async def pack_tree(jail: Jail, base_path: str, out_fd: int, export_format: str)
     return [str(w) for w in report.get("warnings", [])]
 
 
-async def remove_tree(jail: Jail, base_path: str) -> list[str]:
-    """Delete base_path/rootfs with the owner's rights; base_path is its maker's to remove."""
+@dataclass(frozen=True)
+class Leftovers:
+    """What a removal could not delete: how many entries, and the first few with why."""
+
+    failures: int
+    named: list[str]
+
+
+async def remove_tree(jail: Jail, base_path: str, identity: tuple[int, int] | None) -> Leftovers:
+    """Delete base_path/rootfs with the owner's rights, if base_path is still the directory
+    *identity* names (when known); base_path is its maker's to remove."""
     args = ["--base", base_path]
+    if identity is not None:
+        args += ["--identity", f"{identity[0]}:{identity[1]}"]
     report = await _run("remove", jail, args, timeout=REMOVE_TIMEOUT)
-    return [str(w) for w in report.get("warnings", [])]
+    return Leftovers(int(report.get("failures", 0)), [str(x) for x in report.get("left", [])])

@@ -126,8 +126,8 @@ class ServiceHandler:
         return {"guid": distribution.guid, "name": distribution.name, "warnings": warnings}
 
     async def UnregisterDistribution(self, call: Call) -> dict[str, Any]:
-        await self.session(call).unregister(call.parameters["distribution"])
-        return {}
+        warnings = await self.session(call).unregister(call.parameters["distribution"])
+        return {"warnings": warnings}
 
     async def EnumerateDistributions(self, call: Call) -> dict[str, Any]:
         session = self.session(call)

@@ -278,6 +278,9 @@ class Runtime:
 
     async def _launch(self, vm: Vm, distribution: Distribution) -> Instance:
         name = distribution.name
+        self.session.check_files(
+            distribution, lambda reason: errors.StartFailed(distribution=name, reason=reason)
+        )
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         link = GuestLink(ours, f"init:{name}")
         try:

@@ -22,12 +22,15 @@ from lxss.api import errors
 from lxss.archive.formats import EXPORT_FORMATS
 from lxss.linux.subids import Mapping, ensure_mapping
 from lxss.oci import layer_stream
-from lxss.service import archives, registry
+from lxss.service import archives, locations, registry
+from lxss.service.locations import Identity
 from lxss.service.registry import Distribution, Registry
 from lxss.service.settings import Settings
 from lxss.vm.cgroup import Cgroup, Layout
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lxss.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -130,22 +133,39 @@ class UserSession:
 
     # Registration --------------------------------------------------------------
 
-    def _prepare_location(self, guid: str, location_fd: int | None) -> tuple[str, bool]:
-        """The base path for a new distribution and whether the service manages it."""
+    def _prepare_location(self, guid: str, location_fd: int | None) -> tuple[str, Identity]:
+        """Make the new distribution's base directory (lxss.service.locations says why it
+        is always lxssd's own); its path and identity."""
         if location_fd is None:
-            return self._make_managed_base(guid), True
+            return self._make_managed_base(guid)
         st = os.fstat(location_fd)
         if not stat.S_ISDIR(st.st_mode):
             raise errors.InvalidArgument(parameter="location", reason="not a directory")
-        base = os.readlink(f"/proc/self/fd/{location_fd}")
         if st.st_uid != self.uid:
-            raise errors.PermissionDenied(reason=f"{base} is not a directory you own")
-        in_use = self.registry.base_path_in_use(base)
-        if in_use is not None:
-            raise errors.InstallLocationInUse(path=base)
-        return base, False
+            shown = os.readlink(f"/proc/self/fd/{location_fd}")
+            raise errors.PermissionDenied(reason=f"{shown} is not a directory you own")
+        try:
+            location = locations.host_path_of(location_fd, self.uid)
+        except locations.LocationError as e:
+            raise errors.PermissionDenied(reason=str(e)) from None
+        base = os.path.join(location, locations.LEVEL)
+        for path in (location, base):  # a distribution registered before lxssd made LEVEL
+            if self.registry.base_path_in_use(path) is not None:
+                raise errors.InstallLocationInUse(path=location)
+        try:
+            identity = locations.make_base(
+                location_fd, locations.LEVEL, self.owner.uid, self.owner.gid
+            )
+        except FileExistsError:
+            raise errors.ImportFailed(
+                reason=f"{location} already holds '{locations.LEVEL}' (another distribution's"
+                " files?); it was left as it is: choose another location"
+            ) from None
+        except OSError as e:
+            raise errors.ImportFailed(reason=f"cannot create {base}: {e.strerror}") from None
+        return base, identity
 
-    def _make_managed_base(self, guid: str) -> str:
+    def _make_managed_base(self, guid: str) -> tuple[str, Identity]:
         """Create state_dir/<uid>/<guid>, the user's own, for a distribution without a location.
 
         The per-user directory belongs to root (0711): its owner may pass through it to
@@ -163,11 +183,10 @@ class UserSession:
             if st.st_uid != 0 or stat.S_IMODE(st.st_mode) != 0o711:
                 os.fchown(storage_fd, 0, 0)  # from before this layout: the user owned it
                 os.fchmod(storage_fd, 0o711)
-            os.mkdir(guid, 0o700, dir_fd=storage_fd)
-            os.chown(guid, self.owner.uid, self.owner.gid, dir_fd=storage_fd, follow_symlinks=False)
+            identity = locations.make_base(storage_fd, guid, self.owner.uid, self.owner.gid)
         finally:
             os.close(storage_fd)
-        return os.path.join(storage, guid)
+        return os.path.join(storage, guid), identity
 
     async def register(
         self,
@@ -195,26 +214,25 @@ class UserSession:
             if self.registry.find(self.uid, name) is not None:
                 raise errors.DistroNameAlreadyExists(name=name)
             guid = registry.new_guid()
-            base, managed = self._prepare_location(guid, location_fd)
-            record = registry.new_distribution(name, self.uid, base, managed, version, guid)
+            base, identity = self._prepare_location(guid, location_fd)
+            record = registry.new_distribution(name, self.uid, base, True, version, guid, identity)
             try:
                 self.registry.begin_install(record)
-            except registry.NameTaken:
-                if managed:
-                    os.rmdir(base)
-                raise errors.DistroNameAlreadyExists(name=name) from None
+            except BaseException as e:
+                self._remove_base(record)
+                if isinstance(e, registry.NameTaken):
+                    raise errors.DistroNameAlreadyExists(name=name) from None
+                raise
             self.locked[guid] = registry.INSTALLING
         try:
             jail = self.jail()
             if archive_fd is not None and layers is not None:
-                result = await archives.unpack_layers(
-                    jail, archive_fd, layers, image, base, location_fd
-                )
+                result = await archives.unpack_layers(jail, archive_fd, layers, image, base)
             elif archive_fd is not None:
-                result = await archives.unpack_archive(jail, archive_fd, base, location_fd)
+                result = await archives.unpack_archive(jail, archive_fd, base)
             else:
                 assert builtin is not None
-                result = await archives.unpack_builtin(jail, builtin, base, location_fd)
+                result = await archives.unpack_builtin(jail, builtin, base)
             if not result.is_linux:
                 raise errors.NotALinuxDistribution()
             if result.default_uid is not None:
@@ -233,32 +251,60 @@ class UserSession:
         return installed, result.warnings
 
     async def _discard(self, record: Distribution) -> None:
-        """Undo a failed registration: its files, then its row. A failure to remove the
-        files leaves the row Installing, so the next start of the service retries."""
-        try:
-            await self._remove_files(record)
-        except Exception as e:
-            log.error("uid %d: cannot clean up %s: %s", self.uid, record.base_path, e)
-            return
+        """Undo a failed registration: the files it made, then its row. The row goes
+        whatever happens to the files: a failed import never leaves a registration."""
+        left = await self._remove_files(record)
+        if left is not None:
+            log.error("uid %d: discarding %s: %s", self.uid, record.name, left)
         self.registry.remove(record.guid)
 
-    async def _remove_files(self, distribution: Distribution) -> None:
-        """Delete a distribution's tree (with the owner's rights, in the archive worker),
-        then, if the service made it, its now empty base directory."""
-        await archives.remove_tree(self.jail(), distribution.base_path)
+    @staticmethod
+    def _identity(distribution: Distribution) -> Identity | None:
+        if distribution.base_dev is None or distribution.base_ino is None:
+            return None
+        return distribution.base_dev, distribution.base_ino
+
+    def _remove_base(self, distribution: Distribution) -> None:
+        """rmdir the (empty) base directory lxssd made; OSError if it cannot."""
         if distribution.managed_base:
-            # In root's per-user directory: ours to remove (rmdir never follows a link).
-            storage, name = os.path.split(distribution.base_path)
-            try:
-                storage_fd = os.open(storage, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return
-            try:
-                os.rmdir(name, dir_fd=storage_fd)
-            except FileNotFoundError:
-                pass
-            finally:
-                os.close(storage_fd)
+            locations.remove_base(
+                distribution.base_path, distribution.owner_uid, self._identity(distribution)
+            )
+
+    async def _remove_files(self, distribution: Distribution) -> str | None:
+        """Delete a distribution's tree (with the owner's rights, in the archive worker),
+        then, if lxssd made it, its base directory. Never raises: what is left, and where,
+        comes back as one sentence (None when nothing is)."""
+        base = distribution.base_path
+        try:
+            left = await archives.remove_tree(self.jail(), base, self._identity(distribution))
+        except (archives.WorkerFailed, OSError) as e:
+            return f"its files were not removed: {e}"
+        if left.failures:
+            return (
+                f"{left.failures} of its files could not be removed and are left in"
+                f" {os.path.join(base, locations.ROOTFS)} (first: {left.named[0]})"
+            )
+        try:
+            self._remove_base(distribution)
+        except OSError as e:
+            return f"its directory {base} was left: {e.strerror}"
+        return None
+
+    def check_files(self, distribution: Distribution, failure: Callable[[str], Exception]) -> None:
+        """Refuse (with *failure*) a distribution whose files are not the ones registered:
+        see lxss.service.locations. A row from before identities were recorded gets its
+        identity now, once the directory has passed every other check."""
+        expected = self._identity(distribution)
+        try:
+            found = locations.check_base(distribution.base_path, distribution.owner_uid, expected)
+        except (locations.LocationError, OSError) as e:
+            raise failure(
+                f"its files cannot be used: {e}; lxss --unregister {distribution.name}"
+                " removes the registration"
+            ) from None
+        if expected is None:
+            self.registry.set_base(distribution.guid, distribution.base_path, found)
 
     def check_version(self, version: int) -> None:
         if version not in (1, 2):
@@ -270,7 +316,9 @@ class UserSession:
                 reason="this lxss has no QEMU backend yet; use version 1",
             )
 
-    async def unregister(self, name_or_guid: str) -> None:
+    async def unregister(self, name_or_guid: str) -> list[str]:
+        """Remove a distribution: its registration always (as WSL does), its files as far
+        as they can be; the warnings say what is left and where."""
         async with self._lock:
             distribution = self.find(name_or_guid)
             if distribution.guid in self.locked:
@@ -281,15 +329,15 @@ class UserSession:
         try:
             await self._stop_instance(distribution)
             self.registry.set_state(distribution.guid, registry.UNINSTALLING)
-            try:
-                await self._remove_files(distribution)
-            except (archives.WorkerFailed, OSError) as e:
-                self.registry.set_state(distribution.guid, registry.INSTALLED)
-                raise errors.InternalError(reason=f"cannot remove its files: {e}") from None
+            left = await self._remove_files(distribution)
             self.registry.remove(distribution.guid)
         finally:
             self.locked.pop(distribution.guid, None)
         log.info("uid %d: unregistered %s", self.uid, distribution.name)
+        if left is None:
+            return []
+        log.warning("uid %d: unregistering %s: %s", self.uid, distribution.name, left)
+        return [f"'{distribution.name}' is unregistered, but {left}"]
 
     # Defaults and configuration ------------------------------------------------
 
@@ -326,6 +374,7 @@ class UserSession:
         try:
             # As WSL does: the tree must not change while it is being written.
             await self._stop_instance(distribution)
+            self.check_files(distribution, lambda reason: errors.ExportFailed(reason=reason))
             return await archives.pack_tree(
                 self.jail(), distribution.base_path, out_fd, export_format
             )
