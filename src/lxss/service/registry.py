@@ -181,7 +181,11 @@ class Registry:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._upgrade()
+        try:
+            self._upgrade()
+        except BaseException:
+            self._db.close()
+            raise
 
     def _upgrade(self) -> None:
         """Create the tables, or migrate them from the version the database records."""
