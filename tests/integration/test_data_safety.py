@@ -63,16 +63,16 @@ def own(path: Path, user: User) -> None:
         os.chown(p, user.uid, user.gid, follow_symlinks=False)
 
 
-def snapshot(path: Path) -> dict[str, str]:
+def snapshot(path: Path) -> dict[str, str | bytes]:
     """What is at and below *path*: each entry's kind and content (links not followed)."""
-    found: dict[str, str] = {}
+    found: dict[str, str | bytes] = {}
     for p in [path, *path.rglob("*")]:
         if p.is_symlink():
             found[str(p)] = f"-> {os.readlink(p)}"
         elif p.is_dir():
             found[str(p)] = "dir"
         else:
-            found[str(p)] = p.read_text()
+            found[str(p)] = p.read_bytes()
     return found
 
 
@@ -460,3 +460,79 @@ def test_root_exporting_for_a_user_does_not_follow_a_parent_swapped_meanwhile(
 
 def _is_tar_gz(path: Path) -> bool:
     return path.read_bytes()[:2] == b"\x1f\x8b"
+
+
+# --manage NAME --move DIR and --import-in-place NAME DIR -------------------------------
+
+
+def test_move_takes_the_tree_along_and_leaves_nothing_behind(
+    service: Service, tarball: Path, owner: User
+) -> None:
+    first, second = scratch(owner) / "first", scratch(owner) / "second"
+    first.mkdir()
+    own(first, owner)
+    service.ok("--import", "safety-move", str(first), str(tarball), user=owner.name)
+    try:
+        service.ok("-d", "safety-move", "--", "echo kept > /root/marker", user=owner.name)
+        moved = service.ok("--manage", "safety-move", "--move", str(second), user=owner.name)
+        assert moved.out == f"Moved 'safety-move' to {second}.\n" and moved.err == "", moved
+        [row] = rows_of(service, "safety-move", owner)
+        assert row["base_path"] == str(second / "distribution")
+        assert os.listdir(first) == [], "the old directory lxssd made is gone"
+        assert stat_mode(second / "distribution") == 0o700
+        started = service.lxss("-d", "safety-move", "--", "cat /root/marker", user=owner.name)
+        assert started.out == "kept\n", started
+        # Once more, onto another file system (a copy, then the old tree removed). A
+        # utility VM sees the host's mounts as they were when it started: stop it first.
+        other_fs = scratch(owner) / "tmpfs"
+        other_fs.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"mode=0755,uid={owner.uid}", "lxss-test",
+                        str(other_fs)], check=True)  # fmt: skip
+        service.ok("--shutdown", user=owner.name)
+        try:
+            service.ok("--manage", "safety-move", "--move", str(other_fs), user=owner.name)
+            assert not (second / "distribution").exists()
+            started = service.lxss("-d", "safety-move", "--", "cat /root/marker", user=owner.name)
+            assert started.out == "kept\n", started
+            # A target already holding lxss's directory is refused; nothing moves.
+            refused = service.lxss("--manage", "safety-move", "--move", str(other_fs),
+                                   user=owner.name)  # fmt: skip
+            assert_fails(refused, str(other_fs))
+            started = service.lxss("-d", "safety-move", "--", "cat /root/marker", user=owner.name)
+            assert started.out == "kept\n", started
+        finally:
+            service.ok("--unregister", "safety-move", user=owner.name)
+            subprocess.run(["umount", str(other_fs)], check=True)
+    finally:
+        service.lxss("--unregister", "safety-move", user=owner.name)
+
+
+def test_import_in_place_registers_a_tree_where_it_is(
+    service: Service, tarball: Path, owner: User
+) -> None:
+    directory = scratch(owner) / "inplace"
+    (directory / "rootfs").mkdir(parents=True)
+    own(directory, owner)
+    unpacked = run_as(owner.name, "tar", "-xzf", str(tarball), "-C", str(directory / "rootfs"))
+    assert unpacked.returncode == 0, unpacked
+    before = snapshot(directory)
+    # Refused while other users can reach it (and its set-uid programs); nothing changes.
+    directory.chmod(0o755)
+    assert_fails(service.lxss("--import-in-place", "safety-inplace", str(directory),
+                              user=owner.name), "chmod 700")  # fmt: skip
+    assert rows_of(service, "safety-inplace", owner) == [] and snapshot(directory) == before
+    directory.chmod(0o700)
+    empty = scratch(owner) / "empty"
+    empty.mkdir(mode=0o700)
+    own(empty, owner)
+    assert_fails(service.lxss("--import-in-place", "safety-inplace", str(empty),
+                              user=owner.name), "rootfs")  # fmt: skip
+    result = service.ok("--import-in-place", "safety-inplace", str(directory), user=owner.name)
+    assert result.out == f"Registered 'safety-inplace' in place at {directory}.\n"
+    started = service.lxss("-d", "safety-inplace", "--", ". /etc/os-release; echo $ID",
+                           user=owner.name)  # fmt: skip
+    assert started.out == "testbox\n", started
+    [row] = rows_of(service, "safety-inplace", owner)
+    assert row["base_path"] == str(directory)
+    service.ok("--unregister", "safety-inplace", user=owner.name)
+    assert os.listdir(directory) == [], "unregistering removes the tree, as WSL removes the disk"

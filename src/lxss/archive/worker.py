@@ -12,6 +12,9 @@ success, 1 a failure the report explains, anything else a crash (stderr).
            [--layers JSON [--image JSON]]    ... or an image's layers (lxss.archive.layers)
     pack   --base PATH --out-fd FD --format F
     remove --base PATH [--identity DEV:INO]   deletes rootfs/; reports what it could not
+    inspect --base PATH                       what rootfs/ is (os-release, is it Linux)
+    move   --base PATH --identity DEV:INO --to PATH --to-identity DEV:INO
+                                              renames rootfs/ into another base directory
 """
 
 from __future__ import annotations
@@ -307,7 +310,48 @@ def remove(options: dict[str, str | bool]) -> dict[str, Any]:
     return {"left": left, "failures": failures}
 
 
-OPERATIONS = {"unpack": unpack, "pack": pack, "remove": remove}
+def inspect(options: dict[str, str | bool]) -> dict[str, Any]:
+    """os-release and whether base/rootfs looks like Linux, read inside the tree (chrooted,
+    so the tree's own links resolve there)."""
+    base_fd = _open_base(options)
+    try:
+        os.fchdir(base_fd)
+    finally:
+        os.close(base_fd)
+    try:
+        root_fd = os.open(ROOTFS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise WorkerError(f"{options['base']} holds no {ROOTFS}/ directory: {e.strerror}") from None
+    os.fchdir(root_fd)
+    os.close(root_fd)
+    os.chroot(".")
+    release = read_os_release()
+    return {
+        "osId": release.get("ID", ""),
+        "osVersionId": release.get("VERSION_ID", ""),
+        "isLinux": looks_like_linux(),
+    }
+
+
+def move(options: dict[str, str | bool]) -> dict[str, Any]:
+    """rename base/rootfs to to/rootfs: both directories checked, one file system only."""
+    source_fd = _open_base(options)
+    try:
+        target_fd = _open_base({"base": options["to"], "identity": options["to-identity"]})
+        try:
+            os.rename(ROOTFS, ROOTFS, src_dir_fd=source_fd, dst_dir_fd=target_fd)
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                return {"moved": False}  # another file system: the service copies instead
+            raise WorkerError(f"cannot move {options['base']}/{ROOTFS}: {e.strerror}") from None
+        finally:
+            os.close(target_fd)
+    finally:
+        os.close(source_fd)
+    return {"moved": True}
+
+
+OPERATIONS = {"unpack": unpack, "pack": pack, "remove": remove, "inspect": inspect, "move": move}
 
 
 def main(argv: list[str]) -> int:

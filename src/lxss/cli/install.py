@@ -172,10 +172,16 @@ def install_file(source: str, target: InstallTarget) -> str:
 
 
 def manage_distribution(request: Management, for_uid: int | None) -> int:
-    """--manage NAME --set-default-user USER: the uid is asked of the distribution itself."""
+    """--manage NAME --set-default-user USER (the uid is asked of the distribution itself)
+    or --move DIR."""
     user = request.options.get("--set-default-user")
-    if not isinstance(user, str):
-        raise CommandError("--manage needs one of: --set-default-user USER")
+    target = request.options.get("--move")
+    if isinstance(target, str) and user is None:
+        with connect() as client:
+            commands.move(client, request.args[0], target, for_uid)
+        return 0
+    if not isinstance(user, str) or target is not None:
+        raise CommandError("--manage needs one of: --set-default-user USER, --move DIR")
     from lxss.cli.launch import lookup_uid
 
     uid = lookup_uid(request.args[0], user, for_uid)

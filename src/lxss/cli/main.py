@@ -50,12 +50,16 @@ Manage distributions:
                                   register a distribution from a tar archive (tar, tar.gz,
                                   tar.xz, tar.zst, .wsl) or an OCI/docker image archive,
                                   installed in DIR; - reads stdin
+  --import-in-place NAME DIR [--version 1|2]
+                                  register the tree already in DIR/rootfs where it is
+                                  (DIR yours, mode 0700)
   --export NAME FILE|- [--format tar|tar.gz|tar.xz|tar.zst]
   --unregister NAME               stop and delete a distribution and its files
   -l, --list [-v|--verbose] [-q|--quiet] [--running] [--all]
   -s, --set-default NAME
   --set-default-version 1|2
   --manage NAME --set-default-user USER
+  --manage NAME --move DIR        move its files into DIR (made if missing)
   -t, --terminate NAME            stop a distribution
   --shutdown [--force]            stop every distribution and the utility VM
   --debug-shell                   (root) a shell in the utility VM, outside every distribution

@@ -124,6 +124,38 @@ def register(
     return reply
 
 
+def import_in_place(
+    client: Client, name: str, version: int | None, directory: str, for_uid: int | None
+) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CommandError(f"cannot open {directory}: {e.strerror}") from None
+    params = {"name": name, "version": version, "location": 0, "inPlace": True, "forUid": for_uid}
+    try:
+        client.call("RegisterDistribution", params, (fd,), timeout=LONG_CALL)
+    finally:
+        os.close(fd)
+
+
+def move(client: Client, name: str, directory: str, for_uid: int | None) -> None:
+    """--manage NAME --move DIR: DIR is made (0700) if missing, and removed again if the
+    move fails."""
+    fd, created = _open_location(directory)
+    try:
+        reply = client.call("MoveDistribution", {"distribution": name, "location": 0,
+                            "forUid": for_uid}, (fd,), timeout=LONG_CALL)  # fmt: skip
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        raise
+    finally:
+        os.close(fd)
+    warn(reply.get("warnings", []))
+    out(f"Moved '{name}' to {directory}.")
+
+
 def _export_format(path: str, given: str | bool | None) -> str:
     if isinstance(given, str):
         return given
@@ -311,6 +343,10 @@ def run(client: Client, request: Management, for_uid: int | None) -> int:
         else:
             register(client, name, version, location, archive=archive, for_uid=for_uid)
         out(f"Imported '{name}'.")
+    elif action == "import-in-place":
+        name, directory = args
+        import_in_place(client, name, parse_version(options.get("--version")), directory, for_uid)
+        out(f"Registered '{name}' in place at {directory}.")
     elif action == "export":
         export(client, args[0], args[1], options.get("--format"), for_uid)
     elif action == "unregister":

@@ -22,6 +22,7 @@ _TEXT = {
         "the archive is not a Linux distribution (it has neither /etc nor /bin/sh)"
     ),
     "ExportFailed": "export failed: {reason}",
+    "MoveFailed": "move failed: {reason}",
     "InvalidState": ("'{distribution}' is busy ({state}); try again once that has finished"),
     "UserNotFound": "there is no user '{user}' in the distribution",
     "InvalidArgument": "invalid {parameter}: {reason}",

@@ -66,6 +66,7 @@ _ACTIONS: dict[str, tuple[tuple[str, ...], tuple[int, int], set[str], set[str]]]
         set(),
     ),
     "import": (("--import",), (3, 3), set(), {"--version"}),
+    "import-in-place": (("--import-in-place",), (2, 2), set(), {"--version"}),
     "export": (("--export",), (2, 2), set(), {"--format"}),
     "install": (
         ("--install",),
@@ -79,7 +80,7 @@ _ACTIONS: dict[str, tuple[tuple[str, ...], tuple[int, int], set[str], set[str]]]
     "terminate": (("--terminate", "-t"), (1, 1), set(), set()),
     "shutdown": (("--shutdown",), (0, 0), {"--force"}, set()),
     "debug-shell": (("--debug-shell",), (0, 0), set(), set()),
-    "manage": (("--manage",), (1, 1), set(), {"--set-default-user"}),
+    "manage": (("--manage",), (1, 1), set(), {"--set-default-user", "--move"}),
 }
 _ACTION_BY_OPTION = {
     spelling: name for name, (spellings, *_) in _ACTIONS.items() for spelling in spellings

@@ -222,3 +222,52 @@ async def remove_tree(jail: Jail, base_path: str, identity: tuple[int, int] | No
         args += ["--identity", f"{identity[0]}:{identity[1]}"]
     report = await _run("remove", jail, args, timeout=REMOVE_TIMEOUT)
     return Leftovers(int(report.get("failures", 0)), [str(x) for x in report.get("left", [])])
+
+
+def _identity_args(flag: str, identity: tuple[int, int]) -> list[str]:
+    return [flag, f"{identity[0]}:{identity[1]}"]
+
+
+async def inspect_tree(jail: Jail, base_path: str, identity: tuple[int, int]) -> UnpackResult:
+    """What base_path/rootfs is, read with the owner's rights."""
+    args = ["--base", base_path, *_identity_args("--identity", identity)]
+    return _unpack_result(await _run("inspect", jail, args))
+
+
+async def move_tree(
+    jail: Jail,
+    source: tuple[str, tuple[int, int]],
+    target: tuple[str, tuple[int, int]],
+) -> bool:
+    """Rename source/rootfs into target (each a base path and its identity); False when
+    they are on different file systems (nothing was done)."""
+    args = ["--base", source[0], *_identity_args("--identity", source[1]), "--to", target[0],
+            *_identity_args("--to-identity", target[1])]  # fmt: skip
+    return bool((await _run("move", jail, args))["moved"])
+
+
+async def copy_tree(jails: tuple[Jail, Jail], source: str, target: str) -> list[str]:
+    """Copy source/rootfs into target/rootfs (on another file system): a pack worker
+    feeding an unpack worker through a pipe, both with the owner's rights (each in a jail
+    of its own). Each end is closed as soon as its worker is done, so a failure of either
+    ends the other."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+
+    async def pack() -> list[str]:
+        try:
+            return await pack_tree(jails[0], source, write_end, "tar")
+        finally:
+            os.close(write_end)
+
+    async def unpack() -> UnpackResult:
+        try:
+            return await unpack_archive(jails[1], read_end, target)
+        finally:
+            os.close(read_end)
+
+    packed, unpacked = await asyncio.gather(pack(), unpack(), return_exceptions=True)
+    for outcome in (packed, unpacked):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(packed, list) and isinstance(unpacked, UnpackResult)
+    return [*packed, *unpacked.warnings]

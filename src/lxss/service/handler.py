@@ -110,6 +110,15 @@ class ServiceHandler:
         taken = call.take_fds("archive", "location")
         archive, location = taken["archive"], taken["location"]
         try:
+            if call.parameters.get("inPlace"):
+                if location is None or archive is not None or call.parameters.get("builtin"):
+                    raise errors.InvalidArgument(
+                        parameter="inPlace", reason="give a location, and no archive"
+                    )
+                distribution, warnings = await session.register_in_place(
+                    call.parameters["name"], call.parameters.get("version"), location
+                )
+                return {"guid": distribution.guid, "name": distribution.name, "warnings": []}
             distribution, warnings = await session.register(
                 call.parameters["name"],
                 call.parameters.get("version"),
@@ -127,6 +136,17 @@ class ServiceHandler:
 
     async def UnregisterDistribution(self, call: Call) -> dict[str, Any]:
         warnings = await self.session(call).unregister(call.parameters["distribution"])
+        return {"warnings": warnings}
+
+    async def MoveDistribution(self, call: Call) -> dict[str, Any]:
+        session = self.session(call)
+        location = call.take_fd("location")
+        if location is None:
+            raise errors.InvalidParameter(parameter="location")
+        try:
+            warnings = await session.move(call.parameters["distribution"], location)
+        finally:
+            os.close(location)
         return {"warnings": warnings}
 
     async def EnumerateDistributions(self, call: Call) -> dict[str, Any]:

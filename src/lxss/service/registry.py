@@ -283,11 +283,15 @@ class Registry:
     def set_state(self, guid: str, state: str) -> None:
         self._db.execute("UPDATE distributions SET state = ? WHERE guid = ?", (state, guid))
 
-    def set_base(self, guid: str, base_path: str, identity: tuple[int, int]) -> None:
-        """Where a distribution's files are and the identity (st_dev, st_ino) of that directory."""
+    def set_base(
+        self, guid: str, base_path: str, identity: tuple[int, int], managed: bool | None = None
+    ) -> None:
+        """Where a distribution's files are, the identity (st_dev, st_ino) of that directory
+        and (if given) whether lxssd made it."""
         self._db.execute(
-            "UPDATE distributions SET base_path = ?, base_dev = ?, base_ino = ? WHERE guid = ?",
-            (base_path, identity[0], identity[1], guid),
+            "UPDATE distributions SET base_path = ?, base_dev = ?, base_ino = ?,"
+            " managed_base = coalesce(?, managed_base) WHERE guid = ?",
+            (base_path, identity[0], identity[1], None if managed is None else int(managed), guid),
         )
 
     def set_os_release(self, guid: str, os_id: str, os_version_id: str) -> None:

@@ -15,7 +15,7 @@ import logging
 import os
 import pwd
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from lxss.api import errors
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_WORKERS = 4
 EXPORTING = "Exporting"
+MOVING = "Moving"
 RUNNING = "Running"
 STOPPED = "Stopped"
 
@@ -382,6 +383,113 @@ class UserSession:
             raise errors.ExportFailed(reason=str(e)) from None
         finally:
             self.locked.pop(distribution.guid, None)
+
+    # Moving and registering in place (WSL's --manage --move, --import-in-place) -------
+
+    async def move(self, name_or_guid: str, location_fd: int) -> list[str]:
+        """Move a distribution's tree into a new base directory lxssd makes in the location
+        (a rename, or a copy across file systems); the old one is removed after."""
+        async with self._lock:
+            distribution = self.find(name_or_guid)
+            self.ensure_unlocked(distribution)
+            self.locked[distribution.guid] = MOVING
+        try:
+            await self._stop_instance(distribution)
+            self.check_files(distribution, lambda reason: errors.MoveFailed(reason=reason))
+            distribution = self.registry.get(distribution.guid) or distribution
+            old = self._identity(distribution)
+            assert old is not None  # check_files recorded it
+            base, identity = self._prepare_location(distribution.guid, location_fd)
+            target = replace(distribution, base_path=base, managed_base=True,
+                             base_dev=identity[0], base_ino=identity[1])  # fmt: skip
+            try:
+                jail = self.jail()
+                moved = await archives.move_tree(
+                    jail, (distribution.base_path, old), (base, identity)
+                )
+                if not moved:
+                    jails = (jail, self.jail())
+                    await archives.copy_tree(jails, distribution.base_path, base)
+            except BaseException as e:
+                left = await self._remove_files(target)
+                if left is not None:
+                    log.error("uid %d: undoing a move of %s: %s", self.uid, distribution.name, left)
+                if isinstance(e, archives.WorkerFailed):
+                    raise errors.MoveFailed(reason=str(e)) from None
+                raise
+            self.registry.set_base(distribution.guid, base, identity, managed=True)
+            if moved:
+                try:
+                    self._remove_base(distribution)
+                    left = None
+                except OSError as e:
+                    left = f"its old directory {distribution.base_path} was left: {e.strerror}"
+            else:
+                left = await self._remove_files(distribution)
+        finally:
+            self.locked.pop(distribution.guid, None)
+        log.info("uid %d: moved %s to %s", self.uid, distribution.name, base)
+        return [] if left is None else [f"'{distribution.name}' is moved, but {left}"]
+
+    async def register_in_place(
+        self, name: str, version: int | None, location_fd: int
+    ) -> tuple[Distribution, list[str]]:
+        """Register the tree already at DIR/rootfs where it is, after an import's checks;
+        nothing is created, so nothing is removed if it is refused."""
+        if not registry.valid_name(name):
+            raise errors.InvalidDistributionName(name=name)
+        version = version or self.registry.user(self.uid).default_version
+        self.check_version(version)
+        async with self._lock:
+            if self.registry.find(self.uid, name) is not None:
+                raise errors.DistroNameAlreadyExists(name=name)
+            base, identity = self._existing_base(location_fd)
+            guid = registry.new_guid()
+            record = registry.new_distribution(name, self.uid, base, False, version, guid, identity)
+            try:
+                self.registry.begin_install(record)
+            except registry.NameTaken:
+                raise errors.DistroNameAlreadyExists(name=name) from None
+            self.locked[guid] = registry.INSTALLING
+        try:
+            result = await archives.inspect_tree(self.jail(), base, identity)
+            if not result.is_linux:
+                raise errors.NotALinuxDistribution()
+            self.registry.finish_install(guid, result.os_id, result.os_version_id)
+        except BaseException as e:
+            self.registry.remove(guid)  # the files were there before: they stay
+            if isinstance(e, archives.WorkerFailed):
+                raise errors.ImportFailed(reason=str(e)) from None
+            raise
+        finally:
+            self.locked.pop(guid, None)
+        log.info("uid %d: registered %s (%s) in place at %s", self.uid, name, guid, base)
+        installed = self.registry.get(guid)
+        assert installed is not None
+        return installed, []
+
+    def _existing_base(self, location_fd: int) -> tuple[str, Identity]:
+        """DIR for --import-in-place: the owner's, private, named as the host sees it, in
+        no other registration, holding a real rootfs/."""
+        st = os.fstat(location_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise errors.InvalidArgument(parameter="location", reason="not a directory")
+        try:
+            base = locations.host_path_of(location_fd, self.uid)
+            if st.st_uid != self.uid:
+                raise locations.LocationError(f"{base} is not a directory you own")
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                raise locations.LocationError(
+                    f"other users can reach {base} (mode {stat.S_IMODE(st.st_mode):04o}), and"
+                    f" with it the distribution's set-uid programs: chmod 700 {base} first"
+                )
+            identity = locations.check_base(base, self.uid, locations.identity_of(st))
+        except locations.LocationError as e:
+            raise errors.PermissionDenied(reason=str(e)) from None
+        for path in (base, os.path.join(base, locations.LEVEL), os.path.dirname(base)):
+            if self.registry.base_path_in_use(path) is not None:
+                raise errors.InstallLocationInUse(path=base)
+        return base, identity
 
     # Start-up recovery ---------------------------------------------------------
 
