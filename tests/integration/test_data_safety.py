@@ -57,6 +57,14 @@ def scratch(user: User) -> Path:
     return Path(user.home) / f"safety-{os.getpid()}"
 
 
+def fresh_dir(user: User, name: str) -> Path:
+    """A new directory of *user*'s in their scratch directory."""
+    path = scratch(user) / name
+    path.mkdir()
+    os.chown(path, user.uid, user.gid)
+    return path
+
+
 def own(path: Path, user: User) -> None:
     """chown -R path to *user* (without following links)."""
     for p in [path, *path.rglob("*")]:
@@ -130,9 +138,7 @@ def test_an_import_never_touches_what_the_location_held(
 def test_an_import_refused_for_a_tree_already_there_keeps_it(
     service: Service, tarball: Path, owner: User
 ) -> None:
-    location = scratch(owner) / "loc"
-    location.mkdir()
-    own(location, owner)
+    location = fresh_dir(owner, "loc")
     with registered(service, "safety-first", location, tarball, user=owner.name):
         [row] = rows_of(service, "safety-first", owner)
         tree = Path(str(row["base_path"])) / "rootfs"
@@ -169,9 +175,7 @@ def test_a_failed_import_removes_only_what_it_made(
 def test_unregister_goes_on_when_files_cannot_be_removed(
     service: Service, tarball: Path, owner: User
 ) -> None:
-    location = scratch(owner) / "loc"
-    location.mkdir()
-    own(location, owner)
+    location = fresh_dir(owner, "loc")
     service.ok("--import", "safety-stuck", str(location), str(tarball), user=owner.name)
     [row] = rows_of(service, "safety-stuck", owner)
     tree = Path(str(row["base_path"])) / "rootfs"
@@ -317,9 +321,7 @@ def test_a_location_named_through_a_distributions_mounts_is_refused(
     the host, opened in the distribution's mount namespace and handed to lxss as the
     install location: the registry must never record B's host path as A's."""
     other = User.named(OTHER)
-    location = scratch(owner) / "ns"
-    location.mkdir()
-    own(location, owner)
+    location = fresh_dir(owner, "ns")
     inside = f"/var/tmp/lxss-safety-victim-{os.getpid()}"
     os.mkdir(inside, 0o700)
     os.chown(inside, other.uid, other.gid)
