@@ -156,6 +156,8 @@ def remove_base(path: str, owner_uid: int, expected: Identity | None) -> None:
     try:
         parent_fd = open_host_path(parent, owner_uid)
     except LocationError as e:
+        if not os.path.lexists(parent):
+            return  # gone with its parent (a location in /tmp after a reboot)
         raise OSError(errno.EPERM, str(e)) from None
     try:
         try:
