@@ -9,7 +9,9 @@ exports of the same tree are the same bytes.
 Headers are written as GNU tar writes them, so that GNU tar and bsdtar both read
 them without a warning: names and values that are not UTF-8 (Linux allows any
 bytes) go raw, never with the `hdrcharset=BINARY` record GNU tar does not know;
-a name that is not UTF-8 but fits the ustar field goes in that field alone.
+a name that is not UTF-8 but fits the ustar field goes in that field alone. A
+longer one can only go raw in a `path` record, as GNU tar writes it: bsdtar then
+warns that it cannot convert it, as it does for GNU tar's own archives.
 """
 
 from __future__ import annotations
