@@ -41,7 +41,7 @@ def tarball(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture
 def owner(test_users: tuple[str, str]) -> Iterator[User]:
-    """lxsstest-a, with a fresh scratch directory of theirs in their home."""
+    """The attacking test user (lxsstest-a), with a fresh scratch directory in their home."""
     user = User.named(ATTACKER)
     work = Path(user.home) / f"safety-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
