@@ -5,6 +5,7 @@ lxss (whose sockets never take its number) and for the program."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import LXSS, Result, Service
@@ -106,3 +107,17 @@ def test_closed_stdin_does_not_hand_the_program_lxss_sockets(
     )  # fmt: skip
     assert proc.returncode == 0, proc
     assert proc.stdout.decode().endswith("cat=1\n"), proc
+
+
+def test_archives_on_closed_standard_streams_are_one_line(
+    service: Service, busybox: str, tmp_path: Path
+) -> None:
+    exported = _lxss_redirected(service, ">&-", "--export", busybox, "-")
+    assert (exported.returncode, exported.err) == (
+        255, "lxss: cannot write to standard output: it is closed\n"
+    ), exported  # fmt: skip
+    imported = _lxss_redirected(service, "<&-", "--import", "x", str(tmp_path / "x"), "-")
+    assert (imported.returncode, imported.err) == (
+        255, "lxss: cannot read an archive from standard input: it is closed\n"
+    ), imported  # fmt: skip
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())

@@ -171,3 +171,27 @@ def test_a_failure_ends_the_terminal_line_and_prints_no_final_figures() -> None:
 @pytest.mark.parametrize("terminal", [True, False])
 def test_quiet_prints_nothing(terminal: bool) -> None:
     assert _run(_Stream(terminal), total=10_000, chunks=100, quiet=True) == ""
+
+
+class _FullStream(io.StringIO):
+    """A stderr on a full disk (`2>/dev/full`): every write fails."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_a_stream_that_cannot_be_written_ends_the_report_not_the_transfer(
+    terminal: bool,
+) -> None:
+    stream = _FullStream()
+    stream.isatty = lambda: terminal  # type: ignore[method-assign]
+    ticks = iter(range(100))
+    with Progress("d", 1000, stream=stream, clock=lambda: float(next(ticks))) as progress:
+        for _ in range(10):
+            progress.advance(100)
+    assert progress.done == 1000
+    assert stream.writes == 1  # tried once, then quiet

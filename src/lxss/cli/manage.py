@@ -51,6 +51,8 @@ def parse_version(value: str | bool | None) -> int | None:
 
 def open_archive(path: str) -> int:
     if path == "-":
+        if 0 in streams.CLOSED:
+            raise CommandError("cannot read an archive from standard input: it is closed")
         if os.isatty(0):
             raise CommandError("refusing to read an archive from a terminal; pipe one in")
         return os.dup(0)
@@ -257,6 +259,8 @@ def export(
     export_format = _export_format(path, fmt)
     params = {"distribution": name, "file": 0, "format": export_format, "forUid": for_uid}
     if path == "-":
+        if 1 in streams.CLOSED:
+            raise CommandError("cannot write to standard output: it is closed")
         if os.isatty(1):
             raise CommandError("refusing to write an archive to a terminal; redirect stdout")
         reply = client.call("ExportDistribution", params, (1,), timeout=LONG_CALL)

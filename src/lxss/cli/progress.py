@@ -206,15 +206,24 @@ class Progress:
         now = self._clock()
         if kind is not None:
             if self._terminal and self._drawn:
-                self._stream.write("\n")
-                self._stream.flush()
+                self._say("\n")
             return
         if self._terminal:
             self._draw(now)
-            self._stream.write("\n")
-            self._stream.flush()
+            self._say("\n")
         else:
             self._write_line(now)
+
+    def _say(self, text: str) -> None:
+        """Write progress on the stream; a stream that cannot be written (a full disk, a
+        closed stderr) ends the progress report, not the transfer it reports on."""
+        if self._quiet:
+            return
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._quiet = True
 
     def _draw(self, now: float) -> None:
         try:
@@ -223,15 +232,13 @@ class Progress:
             width = 80
         line = bar_line(self.label, self.done, self.total, self.rate(now), width - 1, self.unit)
         # \r and erase-to-end-of-line: redrawn in place, a shorter line leaves no tail.
-        self._stream.write(f"\r{line}\x1b[K")
-        self._stream.flush()
+        self._say(f"\r{line}\x1b[K")
         self._last_draw = now
         self._drawn = True
 
     def _write_line(self, now: float) -> None:
         figures = describe(self.done, self.total, self.rate(now), self.unit)
         if self.total is None:
-            self._stream.write(f"{self.label}: {figures}\n")
+            self._say(f"{self.label}: {figures}\n")
         else:
-            self._stream.write(f"{self.label}: {percent(self.done, self.total)}% ({figures})\n")
-        self._stream.flush()
+            self._say(f"{self.label}: {percent(self.done, self.total)}% ({figures})\n")
