@@ -32,6 +32,8 @@ def _machine_config_path() -> str:
 
 def fetch_text(url: str) -> bytes:
     """The body at `url` (file://, http://, https:// or an absolute path), at most 16 MiB."""
+    import http.client
+
     from lxss.cli.download import open_url
 
     if url.startswith("/"):
@@ -42,8 +44,8 @@ def fetch_text(url: str) -> bytes:
     try:
         with response:
             body: bytes = response.read(MAX_CATALOG + 1)
-    except OSError as e:
-        raise CommandError(f"{failure}: {e}") from None
+    except (OSError, http.client.HTTPException) as e:
+        raise CommandError(f"{failure}: {e or type(e).__name__}") from None
     if len(body) > MAX_CATALOG:
         raise CommandError(f"the distribution catalog {url} is larger than 16 MiB")
     return body
@@ -127,7 +129,7 @@ def install_from_catalog(source: str, target: InstallTarget) -> str:
     _refuse_a_taken_name(target.name or entry.name, target.for_uid)
     label = f"Downloading {one_line(entry.friendly_name)}"
     return download_and_register(entry.image.url, entry.image.sha256, label, target.quiet,
-                         lambda fd: target.register(entry.name, stream_fd=fd))  # fmt: skip
+                                 lambda fd: target.register(entry.name, stream_fd=fd))  # fmt: skip
 
 
 def _refuse_a_taken_name(name: str, for_uid: int | None) -> None:
