@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import Service, busybox_root
-from mgmt import FAILURE, assert_fails, names, registry_rows, shared_dir
+from mgmt import FAILURE, assert_fails, names, registry_rows, rootfs_of, shared_dir
 
 NAME = "CatBox"  # the catalog's entry for the test image
 BLOB = 12 << 20  # incompressible bytes in the image, so the download has tenths to report
@@ -283,7 +283,7 @@ def test_install_by_family_name_and_options_and_quiet(world: Env, images: dict[s
     assert result.returncode == 0, str(result)
     assert result.err == "", "quiet: no progress"
     assert "mine" in names(world.service)
-    assert (location / "rootfs/etc/marker").read_text() == "main\n"
+    assert (rootfs_of(location) / "etc/marker").read_text() == "main\n"
     # A taken name is refused before anything is downloaded.
     fetched = len(world.ranges("/main.wsl"))
     assert_fails(world.lxss("--install", NAME, "--name", "MINE", "-q"), "'MINE' already exists")
