@@ -273,3 +273,31 @@ def test_what_cannot_be_installed_says_why(
         result = service.lxss("--install", source, "--name", "nope", "--no-launch", "-q")
         assert_fails(result, *fragments)
     assert "nope" not in names(service)
+
+
+def test_import_from_a_fifo_is_still_a_plain_tarball(service: Service, scratch: Path) -> None:
+    """Telling image archives apart must not read from a FIFO: its one writer's data
+    belongs to the import."""
+    import os
+    import threading
+
+    from conftest import busybox_tarball
+
+    tarball = busybox_tarball(scratch / "fifo-src")
+    fifo = scratch / "import.fifo"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "wb") as sink:
+            sink.write(tarball.read_bytes())
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    service.ok("--import", "from-fifo", str(scratch / "from-fifo"), str(fifo), timeout=120)
+    writer.join(timeout=60)
+    try:
+        assert service.ok("-d", "from-fifo", "--", "cat /etc/os-release").out.startswith(
+            "ID=testbox"
+        )
+    finally:
+        service.ok("--unregister", "from-fifo")

@@ -74,7 +74,8 @@ def sniff_image_archive(path: str) -> str | None:
     from lxss.oci import local
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO's writer must not be met (and its data lost) by this look.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None  # register() opens it again and says why it cannot
     try:
