@@ -283,6 +283,7 @@ class Registry:
 
     storage: Path
     tokens: TokenServer | None = None
+    htpasswd: Path | None = None  # basic authentication against this file instead
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -304,6 +305,11 @@ class Registry:
                 if self.tokens
                 else ""
             )
+            + (
+                f"auth:\n  htpasswd:\n    realm: lxss-test\n    path: {self.htpasswd}\n"
+                if self.htpasswd
+                else ""
+            )
         )
         log = open(self.storage / "registry.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -320,7 +326,7 @@ class Registry:
                     if reply.status == 200:
                         return
             except urllib.error.HTTPError as e:
-                if e.code == 401 and self.tokens:  # up, and asking for a token
+                if e.code == 401 and (self.tokens or self.htpasswd):  # up, asking for a login
                     return
             except OSError:
                 pass
@@ -359,6 +365,18 @@ class Registry:
         return name
 
 
+def htpasswd_file(path: Path, user: str, password: str) -> Path:
+    """An htpasswd file (bcrypt, which the registry requires) for one user."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+        path.write_text(f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    return path
+
+
 def skopeo(*args: str) -> None:
     result = subprocess.run(
         ["skopeo", "--insecure-policy", "copy", "-q", *args],
@@ -368,8 +386,10 @@ def skopeo(*args: str) -> None:
 
 
 @contextmanager
-def running_registry(storage: Path, tokens: TokenServer | None = None) -> Iterator[Registry]:
-    registry = Registry(storage, tokens)
+def running_registry(
+    storage: Path, tokens: TokenServer | None = None, htpasswd: Path | None = None
+) -> Iterator[Registry]:
+    registry = Registry(storage, tokens, htpasswd)
     registry.start()
     try:
         yield registry

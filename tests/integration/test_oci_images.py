@@ -23,6 +23,7 @@ from oci_support import (
     TokenServer,
     build_layout,
     free_port,
+    htpasswd_file,
     make_multi_arch,
     running_registry,
     skopeo,
@@ -154,6 +155,34 @@ def test_token_authentication_with_the_users_stored_credentials(
                     service.ok("--unregister", "oci-tok")
     finally:
         tokens.stop()
+
+
+def test_basic_authentication_with_the_users_stored_credentials(
+    service: Service, image: Image, scratch: Path
+) -> None:
+    """A registry that asks for Basic credentials (htpasswd): lxss answers the challenge
+    with the login ~/.docker/config.json holds, and says how to log in without one."""
+    directory = scratch / "basic"
+    directory.mkdir()
+    users = htpasswd_file(directory / "htpasswd", "tester", "s3cret")
+    with running_registry(directory, htpasswd=users) as registry:
+        source = registry.push(image, "lxss/basic:1", "--dest-creds", "tester:s3cret")
+        cache = {"XDG_CACHE_HOME": str(directory / "cache")}
+        without = service.lxss("--install", source, "--name", "oci-basic", "--no-launch", "-q",
+                               env=cache, timeout=300)  # fmt: skip
+        assert_fails(without, "needs a login", "podman login")
+        secret = base64.b64encode(b"tester:s3cret").decode()
+        (directory / ".docker").mkdir()
+        (directory / ".docker/config.json").write_text(
+            json.dumps({"auths": {f"http://{registry.host}": {"auth": secret}}})
+        )
+        env = {**cache, "HOME": str(directory)}
+        service.ok("--install", source, "--name", "oci-basic", "--no-launch", env=env,
+                   timeout=300)  # fmt: skip
+        try:
+            check_layers_applied(service, "oci-basic")
+        finally:
+            service.ok("--unregister", "oci-basic")
 
 
 def test_a_layer_that_does_not_match_its_digest_registers_nothing(
