@@ -112,8 +112,12 @@ def test_a_users_vm_has_no_socket_anyone_else_can_reach(
     assert sockets == [service.runtime_dir / "lxssd.sock"], sockets
     scratch = service.runtime_dir / "vm" / str(a_running.owner.uid)
     st = scratch.stat()
-    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (a_running.owner.uid, 0o700)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700)
     assert run_as(OTHER, "ls", str(scratch)).returncode != 0
+    # Nor can A fill it on the host (the service would remove what A put there at A's next
+    # start): the VM mounts its own tmpfs there, in its own mount namespace.
+    planted = run_as(ATTACKER, "sh", "-c", f"touch {scratch}/planted || mkdir {scratch}/d")
+    assert planted.returncode != 0 and not (scratch / "planted").exists(), planted
     # No process of A's may be signalled by B.
     for pid in pids:
         assert run_as(OTHER, "kill", "-0", str(pid)).returncode != 0, pid

@@ -137,6 +137,21 @@ class NamespaceVm:
             os.rmdir(self.scratch)
 
 
+def _fresh_scratch(scratch: str) -> None:
+    """An empty scratch directory for a VM, root's and mode 0700: mini_init mounts a tmpfs
+    of its own on it (in the VM's mount namespace), so the owner never writes here on
+    the host. What an older service left (a directory of the owner's, with whatever the
+    owner put in it) is removed first, in a thread, never on the event loop."""
+    os.makedirs(os.path.dirname(scratch), 0o755, exist_ok=True)
+    try:
+        os.rmdir(scratch)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(scratch)
+    os.mkdir(scratch, 0o700)
+
+
 class NamespaceBackend:
     version = 1
 
@@ -154,11 +169,7 @@ class NamespaceBackend:
         await off_loop(group.destroy)  # a VM of this user that a crashed service left behind
         group.create(Limits(spec.memory_bytes, spec.pids_limit, spec.processors))
         scratch = self.scratch_dir(uid)
-        os.makedirs(os.path.dirname(scratch), 0o755, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(scratch)
-        os.mkdir(scratch, 0o700)
-        os.chown(scratch, mapping.uid.owner_id, mapping.gid.owner_id)
+        await off_loop(lambda: _fresh_scratch(scratch))
         spec = replace(spec, extra={**spec.extra, "scratch": scratch})
         control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         notify, notify_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
