@@ -11,7 +11,9 @@ to its descriptor's owner, who calls `close()` *before* closing the descriptor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import subprocess
 
 
 class FdWatch:
@@ -82,3 +84,63 @@ async def wait_exited(pid: int, timeout: float | None) -> bool:
     finally:
         os.close(pidfd)
     return True
+
+
+async def _read_to_end(fd: int, deadline: float) -> bytes:
+    """Everything readable from *fd* until end of file, by the loop's *deadline*."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    watch = FdWatch(fd)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                await watch.wait(False, max(0.0, deadline - loop.time()))
+                continue
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+    finally:
+        watch.close()
+
+
+async def communicate(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
+    """`proc.communicate()` on the event loop: its stdout and stderr (both pipes) read
+    through FdWatch, its exit awaited by pidfd, then reaped. No thread is held, however
+    long the process takes. TimeoutError after *timeout* seconds (the process is left
+    running, for the caller to kill)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    reads = [
+        loop.create_task(_read_to_end(stream.fileno(), deadline))
+        for stream in (proc.stdout, proc.stderr)
+    ]
+    try:
+        stdout, stderr = await asyncio.gather(*reads)
+    finally:
+        for task in reads:
+            task.cancel()
+        for task in reads:
+            with contextlib.suppress(BaseException):
+                await task
+    if not await wait_exited(proc.pid, max(0.0, deadline - loop.time())):
+        raise TimeoutError(f"pid {proc.pid} did not exit within {timeout:.0f} s")
+    proc.wait()  # it has exited: this only reaps
+    proc.stdout.close()
+    proc.stderr.close()
+    return stdout, stderr
+
+
+async def kill_and_reap(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGKILL *proc* and reap it, waiting by pidfd (never a thread, never a bare wait)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        if await wait_exited(proc.pid, timeout):
+            proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()

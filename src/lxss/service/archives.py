@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
+from lxss.aio import communicate, kill_and_reap
 from lxss.archive import busybox
 from lxss.bootstrap import bootstrap_argv
 from lxss.linux.subids import Mapping
@@ -90,16 +91,12 @@ async def _run_in(
         argv, pass_fds=pass_fds, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     proc = await start_in(pending, jail.group, jail.mapping, MAP_TIMEOUT)
-    loop = asyncio.get_running_loop()
     try:
-        # communicate() only waits; the worker was forked by this (the main) thread,
-        # which is what its parent-death signal follows.
-        stdout, stderr = await asyncio.wait_for(
-            loop.run_in_executor(None, proc.communicate), timeout
-        )
+        # On the event loop, not in a thread: an import that stalls for hours (an archive
+        # on a pipe nobody writes to) holds a slot of its owner's, nothing anyone shares.
+        stdout, stderr = await communicate(proc, timeout)
     except BaseException:
-        proc.kill()
-        await loop.run_in_executor(None, proc.wait)
+        await kill_and_reap(proc)
         raise
     for line in stderr.decode(errors="replace").splitlines():
         log.debug("archive worker %s: %s", operation, line)
@@ -193,7 +190,7 @@ async def unpack_builtin(jail: Jail, name: str, base_path: str) -> UnpackResult:
         report = await _run("unpack", jail, ["--base", base_path], stdin=read_end)
     finally:
         os.close(read_end)
-        await asyncio.get_running_loop().run_in_executor(None, producer.join, 60.0)
+        await off_loop(lambda: producer.join(60.0))  # ends at once: its reader is gone
     if errors:
         raise WorkerFailed(f"building the busybox root file system failed: {errors[0]}")
     return _unpack_result(report)

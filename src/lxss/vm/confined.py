@@ -9,6 +9,7 @@ only once it has entered its user namespace.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import subprocess
 from collections.abc import Callable
 
@@ -17,11 +18,16 @@ from lxss.linux.subids import Mapping
 from lxss.linux.userns import PendingHelper
 from lxss.vm.cgroup import Cgroup
 
+# The service's own threads for short blocking work (cgroup kill and removal, scratch
+# directories), apart from asyncio's default pool: nothing that can wait long (a worker,
+# a pipe) runs here, so VM starts, stops and shutdown never queue behind a user's import.
+_BLOCKING = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="lxss-off-loop")
+
 
 async def off_loop(operation: Callable[[], None]) -> None:
-    """Run a cgroup operation in a thread: killing and removing a cgroup waits (for the
-    kernel to reap) up to seconds, which the service's event loop must not."""
-    await asyncio.get_running_loop().run_in_executor(None, operation)
+    """Run a short blocking operation in a thread: killing and removing a cgroup waits
+    (for the kernel to reap) up to seconds, which the service's event loop must not."""
+    await asyncio.get_running_loop().run_in_executor(_BLOCKING, operation)
 
 
 async def start_in(
