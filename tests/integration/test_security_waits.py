@@ -60,7 +60,7 @@ def test_stalled_imports_hold_up_no_one_elses_vm(
             service.ok("--shutdown", user=OTHER, timeout=60)
             assert b.ok("echo again", timeout=60).out == "again\n"
         finally:
-            for proc, write_end in stalled:
+            for _, write_end in stalled:
                 os.close(write_end)  # an empty archive: each import fails, cleanly
             for proc, _ in stalled:
                 proc.wait(120)
