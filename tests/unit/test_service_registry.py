@@ -257,3 +257,22 @@ def test_base_identity_is_stored(db: Registry) -> None:
     db.begin_install(new_distribution("ident", ALICE, "/x", True, 1, guid, (5, 77)))
     found = db.get(guid)
     assert found is not None and (found.base_dev, found.base_ino) == (5, 77)
+
+
+def test_a_tree_registered_in_place_is_never_a_row_left_installing(db: Registry) -> None:
+    """--import-in-place's row is Installed from the start: a crash can never leave it for
+    the next start to clean up (with the files, which were the user's before)."""
+    guid = new_guid()
+    d = replace(new_distribution("inplace", ALICE, "/home/a/tree", False, 1, guid, (3, 9)),
+                os_id="debian", os_version_id="12")  # fmt: skip
+    db.add_installed(d)
+    found = db.get(guid)
+    assert found is not None and (found.state, found.os_id, found.base_ino) == (
+        INSTALLED,
+        "debian",
+        9,
+    )
+    assert db.all_in_state(INSTALLING) == []
+    assert db.user(ALICE).default_distribution == guid
+    with pytest.raises(NameTaken):
+        db.add_installed(replace(d, guid=new_guid(), name="INPLACE"))

@@ -254,9 +254,24 @@ class Registry:
 
     def begin_install(self, distribution: Distribution) -> None:
         """Insert *distribution* as Installing; NameTaken if its owner already uses the name."""
-        d = replace(distribution, state=INSTALLING)
+        self._insert(self._db, replace(distribution, state=INSTALLING))
+
+    def add_installed(self, distribution: Distribution) -> None:
+        """Insert *distribution* as Installed at once (and the owner's default if they have
+        none), in one transaction: for files that were there before (--import-in-place),
+        which an Installing row would have the next start remove. NameTaken as above."""
+        os_id = os_release_field(distribution.os_id)
+        os_version_id = os_release_field(distribution.os_version_id)
+        d = replace(distribution, state=INSTALLED, os_id=os_id, os_version_id=os_version_id)
+        with self._transaction() as db:
+            self._insert(db, d)
+            if self._default_of(db, d.owner_uid) is None:
+                self._set_default(db, d.owner_uid, d.guid)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, d: Distribution) -> None:
         try:
-            self._db.execute(
+            db.execute(
                 "INSERT INTO distributions (guid, name, name_key, owner_uid, base_path,"
                 " managed_base, base_dev, base_ino, version, default_uid, flags, state, os_id,"
                 " os_version_id, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",

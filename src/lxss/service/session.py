@@ -444,25 +444,25 @@ class UserSession:
             if self.registry.find(self.uid, name) is not None:
                 raise errors.DistroNameAlreadyExists(name=name)
             base, identity = self._existing_base(location_fd)
-            guid = registry.new_guid()
-            record = registry.new_distribution(name, self.uid, base, False, version, guid, identity)
-            try:
-                self.registry.begin_install(record)
-            except registry.NameTaken:
-                raise errors.DistroNameAlreadyExists(name=name) from None
-            self.locked[guid] = registry.INSTALLING
+        # Looked at before any row exists: an Installing row would have the next start
+        # (after a crash) remove these files, which were there before.
         try:
             result = await archives.inspect_tree(self.jail(), base, identity)
-            if not result.is_linux:
-                raise errors.NotALinuxDistribution()
-            self.registry.finish_install(guid, result.os_id, result.os_version_id)
-        except BaseException as e:
-            self.registry.remove(guid)  # the files were there before: they stay
-            if isinstance(e, archives.WorkerFailed):
-                raise errors.ImportFailed(reason=str(e)) from None
-            raise
-        finally:
-            self.locked.pop(guid, None)
+        except archives.WorkerFailed as e:
+            raise errors.ImportFailed(reason=str(e)) from None
+        if not result.is_linux:
+            raise errors.NotALinuxDistribution()
+        guid = registry.new_guid()
+        record = registry.new_distribution(name, self.uid, base, False, version, guid, identity)
+        record = replace(record, os_id=result.os_id, os_version_id=result.os_version_id)
+        async with self._lock:
+            for path in (base, os.path.join(base, locations.LEVEL)):  # taken meanwhile?
+                if self.registry.base_path_in_use(path) is not None:
+                    raise errors.InstallLocationInUse(path=base)
+            try:
+                self.registry.add_installed(record)
+            except registry.NameTaken:
+                raise errors.DistroNameAlreadyExists(name=name) from None
         log.info("uid %d: registered %s (%s) in place at %s", self.uid, name, guid, base)
         installed = self.registry.get(guid)
         assert installed is not None
