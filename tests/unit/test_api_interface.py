@@ -84,6 +84,8 @@ def test_register_distribution_signature(service_interface: Interface) -> None:
         ("CreateLxProcess", {"commandLine": ["a", 1]}, "commandLine[1]"),
         ("SetDefaultVersion", {"version": -(2**63)}, None),
         ("SetDefaultVersion", {"version": -(2**63) - 1}, "version"),
+        ("SetDefaultVersion", {"version": 2**63 - 1}, None),
+        ("SetDefaultVersion", {"version": 2**63}, "version"),  # Varlink's int is int64
     ],
 )
 def test_check_parameters(

@@ -140,7 +140,9 @@ def check(value: Any, spec: TypeRef, interface: Interface, path: str) -> str | N
     if kind == "bool":
         ok = isinstance(value, bool)
     elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64
+        # Varlink's int is a signed 64-bit integer: past it, a handler (and SQLite) could not
+        # take the value, so it is refused here as InvalidParameter.
+        ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
     elif kind == "float":
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     elif kind == "string":

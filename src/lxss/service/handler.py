@@ -8,9 +8,11 @@ client never learns to rely on it).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import platform
 import pwd
+import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,17 @@ if TYPE_CHECKING:
 
 
 _OWNER_CACHE = 65536  # entries: more than a few users' distributions ever connect from
+
+
+def _check_archive_fd(fd: int) -> None:
+    """Refuse an archive descriptor nothing can be read from (any Varlink client may send
+    one): a directory, or one opened for writing only or O_PATH."""
+    mode = os.fstat(fd).st_mode
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if stat.S_ISDIR(mode):
+        raise errors.InvalidArgument(parameter="archive", reason="a directory, not an archive")
+    if flags & os.O_ACCMODE == os.O_WRONLY or flags & getattr(os, "O_PATH", 0):
+        raise errors.InvalidArgument(parameter="archive", reason="not open for reading")
 
 
 class ServiceHandler:
@@ -110,6 +123,8 @@ class ServiceHandler:
         taken = call.take_fds("archive", "location")
         archive, location = taken["archive"], taken["location"]
         try:
+            if archive is not None:
+                _check_archive_fd(archive)
             if call.parameters.get("inPlace"):
                 if location is None or archive is not None or call.parameters.get("builtin"):
                     raise errors.InvalidArgument(
