@@ -373,6 +373,38 @@ static int do_hold(const char *path, int uids, int per_uid) {
 }
 
 /*
+ * Kernel interfaces a container's default seccomp filter takes away, one attempt each:
+ * io_uring_setup, perf_event_open, keyctl, userfaultfd and a nested user namespace.
+ */
+static int do_kernel_surface(void) {
+    char params[120] = {0}; /* struct io_uring_params */
+    long fd = syscall(__NR_io_uring_setup, 1, params);
+    report("io_uring_setup", fd);
+    if (fd >= 0)
+        close((int)fd);
+    char attr[128] = {0}; /* struct perf_event_attr: a software clock event of our own */
+    *(unsigned int *)attr = 1;                /* type PERF_TYPE_SOFTWARE */
+    *(unsigned int *)(attr + 4) = sizeof attr; /* size */
+    fd = syscall(__NR_perf_event_open, attr, 0, -1, -1, 0);
+    report("perf_event_open", fd);
+    if (fd >= 0)
+        close((int)fd);
+    report("keyctl", syscall(__NR_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3, 0));
+    fd = syscall(__NR_userfaultfd, 0);
+    report("userfaultfd", fd);
+    if (fd >= 0)
+        close((int)fd);
+    pid_t child = fork();
+    if (child == 0)
+        _exit(unshare(CLONE_NEWUSER) == 0 ? 0 : errno);
+    int status = 0;
+    waitpid(child, &status, 0);
+    errno = WEXITSTATUS(status);
+    report("userns", errno ? -1 : 0);
+    return 0;
+}
+
+/*
  * Connect to a Unix socket and send COUNT pseudo-random garbage messages, each
  * NUL-terminated, reconnecting whenever the peer closes. Prints how many were sent,
  * how many replies came back and how many times the peer hung up.
@@ -468,6 +500,8 @@ int main(int argc, char **argv) {
         return do_fds();
     if (!strcmp(c, "ctty") && argc == 2)
         return do_ctty();
+    if (!strcmp(c, "kernel_surface") && argc == 2)
+        return do_kernel_surface();
     if (!strcmp(c, "hold") && argc == 5)
         return do_hold(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (!strcmp(c, "garbage") && argc == 5)

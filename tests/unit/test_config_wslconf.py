@@ -54,6 +54,7 @@ DOCUMENTED_KEYS = [
     "boot.initTimeout",
     "boot.protectBinfmt",
     "general.guiApplications",
+    "lxss.seccomp",  # lxss's own key
 ]
 
 
@@ -94,6 +95,7 @@ def test_every_key_has_a_field() -> None:
         ("boot.initTimeout", "0", "boot_init_timeout", 0),
         ("boot.protectBinfmt", "false", "boot_protect_binfmt", False),
         ("general.guiApplications", "false", "general_gui_applications", False),
+        ("lxss.seccomp", "false", "lxss_seccomp", False),
     ],
 )
 def test_each_key(key: str, text: str, field: str, expected: object) -> None:

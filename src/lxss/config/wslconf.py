@@ -71,6 +71,8 @@ BOOT_SYSTEMD: Final = Key("boot.systemd", _BOOL, False)
 BOOT_INIT_TIMEOUT: Final = Key("boot.initTimeout", _INT, 10000)
 BOOT_PROTECT_BINFMT: Final = Key("boot.protectBinfmt", _BOOL, True)
 GENERAL_GUI_APPLICATIONS: Final = Key("general.guiApplications", _BOOL, True)
+# lxss's own: the distribution's default seccomp filter (lxss.linux.seccomp).
+LXSS_SECCOMP: Final = Key("lxss.seccomp", _BOOL, True)
 
 WSL_CONF_SCHEMA: Final = Schema(
     (
@@ -99,6 +101,7 @@ WSL_CONF_SCHEMA: Final = Schema(
         BOOT_INIT_TIMEOUT,
         BOOT_PROTECT_BINFMT,
         GENERAL_GUI_APPLICATIONS,
+        LXSS_SECCOMP,
     )
 )
 
@@ -130,6 +133,8 @@ WSL_CONF_DOCS: Final = {
     BOOT_INIT_TIMEOUT: "Milliseconds to wait for systemd to start; 0: do not wait.",
     BOOT_PROTECT_BINFMT: "Keep systemd from taking over binfmt_misc registrations.",
     GENERAL_GUI_APPLICATIONS: "Let graphical programs reach the host's display.",
+    LXSS_SECCOMP: "Run the distribution under lxss's default seccomp filter (no io_uring, "
+    "perf_event_open, bpf, keyctl, userfaultfd or nested user namespaces; docs/security.md).",
 }
 # Keys read (a file setting them is valid) but not acted on yet: the manual says so.
 WSL_CONF_NOT_ACTED_ON: Final = frozenset(
@@ -190,6 +195,7 @@ class WslConf:
     boot_init_timeout: int = 10000  # boot.initTimeout, ms to wait for systemd; 0: don't wait
     boot_protect_binfmt: bool = True  # boot.protectBinfmt
     general_gui_applications: bool = True  # general.guiApplications; the VM's setting gates it
+    lxss_seccomp: bool = True  # lxss.seccomp: the default seccomp filter (lxss.linux.seccomp)
 
     def hostname(self, fallback: str) -> str:
         """The name to give the distribution: network.hostname if set, else `fallback` (the
@@ -241,6 +247,7 @@ def _wsl_conf(values: dict[str, Value]) -> WslConf:
         boot_init_timeout=get_int(values, BOOT_INIT_TIMEOUT),
         boot_protect_binfmt=get_bool(values, BOOT_PROTECT_BINFMT),
         general_gui_applications=get_bool(values, GENERAL_GUI_APPLICATIONS),
+        lxss_seccomp=get_bool(values, LXSS_SECCOMP),
     )
 
 

@@ -31,6 +31,7 @@ from lxss.config.wslconf import read_wsl_conf
 from lxss.guest import session
 from lxss.guest.process import Context
 from lxss.guest.users import UserDatabase
+from lxss.linux import seccomp
 from lxss.linux import syscalls as sc
 from lxss.linux.children import ChildWatch
 from lxss.linux.files import read_regular_file
@@ -92,6 +93,14 @@ class Init:
             warning = mount_fstab()
             if warning:
                 self.warnings.append(warning)
+        # Last, once init needs nothing the filter refuses: all the distribution runs, from
+        # the [boot] command on, inherits it.
+        if self.conf.lxss_seccomp:
+            try:
+                if not seccomp.install_default_filter():
+                    self.warnings.append(f"no seccomp filter for {os.uname().machine}")
+            except OSError as e:
+                self.warnings.append(f"the seccomp filter could not be installed: {e}")
 
     def context(self) -> Context:
         """What a session leader needs to plan processes (re-read users each time)."""
