@@ -149,34 +149,28 @@ def _on_pty(
     return proc, master
 
 
-def test_exit_status_and_output_through_a_pty(service: Service, busybox: str) -> None:
-    proc, master = _on_pty(service, "-d", busybox, "--", "echo on-the-pty; exit 5")
-    try:
-        output = _drain(master, b"on-the-pty", 20)
-        assert proc.wait(20) == 5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    assert b"on-the-pty\r\n" in output
-
-
-def test_keys_typed_before_the_program_starts_reach_it(service: Service, busybox: str) -> None:
-    # Typed (or pasted) while lxss and the distribution were still starting: ssh keeps such
-    # keys, and so must the switch of the caller's terminal to raw mode (no flush).
-    typed = b"typed-ahead\n"
-    script = "read -r line; echo got=$line; exit 3"
+# The second case: keys typed (or pasted) while lxss and the distribution were still
+# starting. ssh keeps such keys, and so must the switch of the caller's terminal to raw mode
+# (no flush).
+@pytest.mark.parametrize(
+    ("script", "typed", "expected", "code"),
+    [("echo on-the-pty; exit 5", b"", b"on-the-pty", 5),
+     ("read -r line; echo got=$line; exit 3", b"typed-ahead\n", b"got=typed-ahead", 3)],
+    ids=["output", "typeahead"],
+)  # fmt: skip
+def test_exit_status_and_output_through_a_pty(
+    service: Service, busybox: str, script: str, typed: bytes, expected: bytes, code: int
+) -> None:
     proc, master = _on_pty(service, "-d", busybox, "--", script, typed=typed)
     try:
-        output = _drain(master, b"got=typed-ahead", 30)
-        assert proc.wait(20) == 3
+        output = _drain(master, expected, 30)
+        assert proc.wait(20) == code
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         os.close(master)
-    assert b"got=typed-ahead\r\n" in output
+    assert expected + b"\r\n" in output
 
 
 def test_a_terminal_stdin_with_a_pipe_stdout(service: Service, busybox: str) -> None:

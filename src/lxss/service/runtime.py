@@ -519,7 +519,7 @@ class Runtime:
         if reply.result != 0:
             raise errors.LaunchFailed(reason=reply.message or os.strerror(reply.result))
         warnings, instance.warnings = instance.warnings, []
-        return warnings
+        return bounded_warnings(warnings)
 
     async def terminate(self, guid: str, force: bool, holding_lock: bool = False) -> None:
         """Stop one distribution: ask its init, then make sure (by stopping the VM, under
@@ -592,6 +592,20 @@ def _stream_flags(fds: dict[str, int | None], closed: list[str]) -> int:
         elif fds[name] is None:
             flags |= console
     return flags
+
+
+MAX_WARNINGS = 50  # a start's warnings passed on to the user; the rest are counted
+MAX_WARNING_LENGTH = 1000
+
+
+def bounded_warnings(warnings: list[str]) -> list[str]:
+    """A distribution start's warnings as the user gets them: they come from files the
+    distribution's root writes (/etc/wsl.conf), so their number and length are bounded."""
+    kept = [w if len(w) <= MAX_WARNING_LENGTH else w[:MAX_WARNING_LENGTH] + "..."
+            for w in warnings[:MAX_WARNINGS]]  # fmt: skip
+    if len(warnings) > MAX_WARNINGS:
+        kept.append(f"... and {len(warnings) - MAX_WARNINGS} more warnings like these")
+    return kept
 
 
 def _failure_step(number: int) -> str:
