@@ -78,7 +78,7 @@ class InstallTarget:
         with connect() as client:
             commands.register(client, name, self.version, self.location, archive=archive,
                               builtin=builtin, for_uid=self.for_uid,
-                              stream_fd=stream_fd)  # fmt: skip
+                              stream_fd=stream_fd, quiet=self.quiet)  # fmt: skip
         return name
 
 

@@ -46,14 +46,16 @@ Manage distributions:
   -l, --list -o|--online [-q]     what the catalog offers (/etc/lxss.conf: distributionListUrl)
   --install docker://IMAGE|oci:DIR[:TAG]|oci-archive:FILE|docker-archive:FILE [...]
                                   a container image, pulled as you (its layers, whiteouts)
-  --import NAME DIR FILE|- [--version 1|2]
+  --import NAME DIR FILE|- [--version 1|2] [-q|--quiet]
                                   register a distribution from a tar archive (tar, tar.gz,
                                   tar.xz, tar.zst, .wsl) or an OCI/docker image archive,
                                   installed in DIR; - reads stdin
   --import-in-place NAME DIR [--version 1|2]
                                   register the tree already in DIR/rootfs where it is
                                   (DIR yours, mode 0700)
-  --export NAME FILE|- [--format tar|tar.gz|tar.xz|tar.zst]
+  --export NAME FILE|- [--format tar|tar.gz|tar.xz|tar.zst] [-q|--quiet]
+                                  write a distribution's files as an archive; - is stdout;
+                                  progress on stderr for a file (none with -q)
   --unregister NAME               stop and delete a distribution and its files
   -l, --list [-v|--verbose] [-q|--quiet] [--running] [--all]
   -s, --set-default NAME

@@ -91,9 +91,11 @@ def register(
     for_uid: int | None = None,
     stream_fd: int | None = None,
     extra: dict[str, Any] | None = None,
+    quiet: bool = True,
 ) -> dict[str, Any]:
     """RegisterDistribution from the file *archive*, the built-in *builtin*, or the
-    descriptor *stream_fd* (lent, the caller closes it) with *extra* parameters."""
+    descriptor *stream_fd* (lent, the caller closes it) with *extra* parameters. Unless
+    *quiet*, an *archive* that is a file shows the unpacking's progress."""
     fds: list[int] = []
     created = False
     try:
@@ -111,7 +113,13 @@ def register(
             location_fd, created = _open_location(location)
             params["location"] = len(fds)
             fds.append(location_fd)
-        reply = client.call("RegisterDistribution", params, tuple(fds), timeout=LONG_CALL)
+        if archive is not None:
+            from lxss.cli.lent_progress import LentFileProgress
+
+            with LentFileProgress(fds[0], f"Importing {name}", reading=True, quiet=quiet):
+                reply = client.call("RegisterDistribution", params, tuple(fds), timeout=LONG_CALL)
+        else:
+            reply = client.call("RegisterDistribution", params, tuple(fds), timeout=LONG_CALL)
     except BaseException:
         if created:
             try:
@@ -254,7 +262,12 @@ class _Output:
 
 
 def export(
-    client: Client, name: str, path: str, fmt: str | bool | None, for_uid: int | None
+    client: Client,
+    name: str,
+    path: str,
+    fmt: str | bool | None,
+    for_uid: int | None,
+    quiet: bool = False,
 ) -> None:
     export_format = _export_format(path, fmt)
     params = {"distribution": name, "file": 0, "format": export_format, "forUid": for_uid}
@@ -268,7 +281,10 @@ def export(
         return
     output = _Output(path)
     try:
-        reply = client.call("ExportDistribution", params, (output.fd,), timeout=LONG_CALL)
+        from lxss.cli.lent_progress import LentFileProgress
+
+        with LentFileProgress(output.fd, f"Exporting {name}", reading=False, quiet=quiet):
+            reply = client.call("ExportDistribution", params, (output.fd,), timeout=LONG_CALL)
         output.commit()
     except BaseException:
         output.discard()
@@ -345,14 +361,17 @@ def run(client: Client, request: Management, for_uid: int | None) -> int:
         if kind is not None:  # a container image archive, not a root file system's tar
             import_archive(client, kind, archive, name, version, location, for_uid)
         else:
-            register(client, name, version, location, archive=archive, for_uid=for_uid)
+            quiet = bool(options.get("--quiet"))
+            register(client, name, version, location, archive=archive, for_uid=for_uid,
+                     quiet=quiet)  # fmt: skip
         out(f"Imported '{name}'.")
     elif action == "import-in-place":
         name, directory = args
         import_in_place(client, name, parse_version(options.get("--version")), directory, for_uid)
         out(f"Registered '{name}' in place at {directory}.")
     elif action == "export":
-        export(client, args[0], args[1], options.get("--format"), for_uid)
+        export(client, args[0], args[1], options.get("--format"), for_uid,
+               quiet=bool(options.get("--quiet")))  # fmt: skip
     elif action == "unregister":
         reply = client.call("UnregisterDistribution", {"distribution": args[0],
                             "forUid": for_uid}, timeout=LONG_CALL)  # fmt: skip

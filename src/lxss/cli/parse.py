@@ -65,9 +65,9 @@ _ACTIONS: dict[str, tuple[tuple[str, ...], tuple[int, int], set[str], set[str]]]
         {"--verbose", "-v", "--quiet", "-q", "--running", "--all", "--online", "-o"},
         set(),
     ),
-    "import": (("--import",), (3, 3), set(), {"--version"}),
+    "import": (("--import",), (3, 3), {"--quiet", "-q"}, {"--version"}),
     "import-in-place": (("--import-in-place",), (2, 2), set(), {"--version"}),
-    "export": (("--export",), (2, 2), set(), {"--format"}),
+    "export": (("--export",), (2, 2), {"--quiet", "-q"}, {"--format"}),
     "install": (
         ("--install",),
         (0, 1),
