@@ -136,6 +136,10 @@ VALUE_KINDS: dict[tuple[str, str | int], str | tuple[str, ...]] = {
     ("terminate", 0): "distribution",
     ("manage", 0): "distribution",
     ("manage", "--set-default-user"): "user",
+    ("manage", "--move"): "directory",
+    ("import-in-place", 0): "name",
+    ("import-in-place", 1): "directory",
+    ("import-in-place", "--version"): ("1", "2"),
 }
 
 
