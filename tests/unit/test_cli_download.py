@@ -81,3 +81,51 @@ def test_a_closed_reader_is_service_stopped() -> None:
 def test_an_unsupported_scheme_is_refused_before_any_connection() -> None:
     with pytest.raises(download.CommandError, match="only file://, http:// and https://"):
         download.open_url("ftp://example.test/x.wsl", "cannot download ftp://example.test/x.wsl")
+
+
+def _complete_tar_stream(stream: bytes) -> bool:
+    """Whether the archive worker's reader would take `stream` as a whole tar archive."""
+    import io
+
+    from lxss.archive.unpack import Unpacker, UnpackError
+
+    sink = bytearray()
+
+    class _Check(Unpacker):
+        def _extract(self, archive, member):  # type: ignore[no-untyped-def]
+            sink.extend(member.name.encode())  # nothing written: only the stream is judged
+
+    try:
+        _Check(io.BytesIO(stream)).run()
+    except UnpackError:
+        return False
+    return True
+
+
+def test_an_unreleased_plain_tar_with_a_long_zero_tail_is_never_complete() -> None:
+    """An uncompressed tar written with a large blocking factor ends in more than HOLD zero
+    bytes: holding back only the last HOLD bytes would still send its end-of-archive blocks,
+    and a download whose hash is wrong would pass for a whole archive."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w|") as archive:
+        member = tarfile.TarInfo("etc/os-release")
+        content = b"ID=tampered\n"
+        member.size = len(content)
+        archive.addfile(member, io.BytesIO(content))
+    data = buffer.getvalue() + bytes(4 * HOLD)  # as `tar -b 512` pads its last record
+    assert len(data) - len(data.rstrip(b"\0")) > HOLD  # the case this test is about
+    assert _complete_tar_stream(data)
+    for step in (len(data), 4096, 1000):
+        assert not _complete_tar_stream(_through_feed(data, step, release=False))
+        assert _through_feed(data, step, release=True) == data
+
+
+def test_zero_runs_inside_an_image_are_sent_once_more_follows() -> None:
+    data = os.urandom(10) + bytes(5 * HOLD) + os.urandom(HOLD + 7) + bytes(3 * HOLD)
+    for step in (len(data), 777, HOLD):
+        sent = _through_feed(data, step, release=False)
+        assert sent == data[: len(data) - 3 * HOLD - HOLD]
+        assert _through_feed(data, step, release=True) == data

@@ -9,10 +9,11 @@ its user: the root service never fetches a URL. The image goes to a per-user cac
 
 - the SHA-256 is computed while the bytes arrive (no second pass over them);
 - the bytes also go, as they arrive, into a pipe the service unpacks from, so unpacking
-  overlaps the download; the last `HOLD` bytes are held back until the SHA-256 is right. A
-  download that fails or does not match closes the pipe without them: the service sees a
-  truncated archive (its decompressor's trailer or tar's end-of-archive blocks are missing),
-  refuses it and removes what it had unpacked, so nothing unverified is ever registered;
+  overlaps the download; the last `HOLD` bytes (and any zeros after them) are held back
+  until the SHA-256 is right. A download that fails or does not match closes the pipe
+  without them: the service sees a truncated archive (its decompressor's trailer or tar's
+  end-of-archive blocks are missing), refuses it and removes what it had unpacked, so
+  nothing unverified is ever registered;
 - an interrupted download keeps its partial file, and the next run asks the server for the
   rest with an HTTP Range request (the bytes already there are hashed and streamed once,
   from the file); a server that ignores the Range gets the download started over;
@@ -86,14 +87,39 @@ class ServiceStopped(Exception):
 
 class _Feed:
     """The write end of the pipe the service unpacks from, holding back the last HOLD
-    bytes until release(). Owns the descriptor."""
+    bytes, and every zero byte after them, until release(). Owns the descriptor.
+
+    Why the zeros too: an uncompressed tar written with a large blocking factor ends in
+    more than HOLD bytes of zero padding, and its end-of-archive blocks are zeros; held
+    back by count alone, an unverified archive would reach the service whole. Held back
+    from its last non-zero byte on, it always reaches the service truncated. A run of
+    zeros is kept as a count, so a long one costs no memory; it is sent once a non-zero
+    byte follows it.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._pending = bytearray()
+        self._pending = bytearray()  # ends where the last non-zero byte so far ends
+        self._zeros = 0  # zero bytes received after _pending
 
     def write(self, data: bytes) -> None:
-        self._pending += data
+        meaningful = len(data.rstrip(b"\0"))
+        if meaningful == 0:
+            self._zeros += len(data)
+            return
+        zeros, self._zeros = self._zeros, len(data) - meaningful
+        # _pending + `zeros` zero bytes + data[:meaningful] may all go but its last HOLD.
+        head = data[:meaningful]
+        if zeros + len(head) >= HOLD:
+            self._send(memoryview(self._pending))
+            self._pending.clear()
+            keep_zeros = max(0, HOLD - len(head))
+            self._send_zeros(zeros - keep_zeros)
+            self._pending += bytes(keep_zeros)
+            self._pending += head
+        else:
+            self._pending += bytes(zeros)
+            self._pending += head
         if len(self._pending) > HOLD:
             cut = len(self._pending) - HOLD
             self._send(memoryview(self._pending)[:cut])
@@ -103,6 +129,14 @@ class _Feed:
         """The image is verified: the held-back tail goes too."""
         self._send(memoryview(self._pending))
         self._pending.clear()
+        self._send_zeros(self._zeros)
+        self._zeros = 0
+
+    def _send_zeros(self, count: int) -> None:
+        block = bytes(min(count, 1 << 20))
+        while count > 0:
+            self._send(memoryview(block)[: min(count, len(block))])
+            count -= len(block)
 
     def close(self) -> None:
         os.close(self.fd)
