@@ -132,7 +132,7 @@ def seeds() -> dict[str, bytes]:
         ),
         "valid_initial_config": make_input(m.encode(m.MiniInitInitialConfig(1, bytes(range(64))))),
         "valid_launch_init": make_input(
-            m.encode(m.MiniInitLaunchInit("debian", "{1}", "/distro", "host", 0, 1000)), fds=1
+            m.encode(m.MiniInitLaunchInit("debian", "{1}", "/distro", "host", 0, 1000)), fds=2
         ),
         "valid_two_frames": make_input(
             m.encode(m.InitExitStatus(3), 1) + m.encode(m.InitWindowSizeChanged(50, 132), 2), 0, 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LXSS, Service
+from mgmt import shared_dir
 
 # Exit status ---------------------------------------------------------------------------
 
@@ -231,12 +232,12 @@ def test_cd_relative_is_refused(service: Service, busybox: str) -> None:
     assert result.out == "" and result.err.startswith("lxss: ")
 
 
-def test_host_directory_is_the_start_directory(
-    service: Service, busybox: str, tmp_path: Path
-) -> None:
-    (tmp_path / "marker").write_text("from the host\n")
-    result = service.ok("-d", busybox, "--", "pwd; cat marker", cwd=str(tmp_path))
-    assert result.out == f"/mnt/host{tmp_path}\nfrom the host\n"
+def test_host_directory_is_the_start_directory(service: Service, busybox: str) -> None:
+    # Root's distributions are mapped (nobody on the host): a directory all may read.
+    with shared_dir() as directory:
+        (directory / "marker").write_text("from the host\n")
+        result = service.ok("-d", busybox, "--", "pwd; cat marker", cwd=str(directory))
+    assert result.out == f"/mnt/host{directory}\nfrom the host\n"
 
 
 # What init set up ----------------------------------------------------------------------

@@ -45,6 +45,7 @@ def test_keys() -> None:
         "wsl2.pidsLimit",
         "general.distributionListUrl",
         "general.distributionListUrlAppend",
+        "security.rootDistributionsMapped",
     ]
 
 
@@ -296,3 +297,15 @@ def test_catalog_urls_come_from_the_machines_file(tmp_path: Path) -> None:
     main, append, warnings = read_catalog_urls(str(conf))
     assert (main, append) == ("x", "")
     assert [str(w) for w in warnings] == [f"Unknown key 'general.bogus' in {conf}:3"]
+
+
+def test_root_distributions_are_mapped_unless_the_machine_says_otherwise() -> None:
+    config, _ = load_lxss_config(None, "/etc/lxss.conf", None, "", 1 << 34, 4)
+    assert config.root_distributions_mapped is True
+    machine = "[security]\nrootDistributionsMapped = false\n"
+    config, warnings = load_lxss_config(machine, "/etc/lxss.conf", None, "", 1 << 34, 4)
+    assert config.root_distributions_mapped is False and warnings == []
+    # A user's file cannot change it (only root's distributions are concerned, and it is
+    # the machine's choice).
+    config, _ = load_lxss_config(None, "/etc/lxss.conf", machine, "/root/.lxssconfig", 1 << 34, 4)
+    assert config.root_distributions_mapped is True

@@ -28,7 +28,7 @@ SAFE_DEVICES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/uran
 def layout(own_network: bool = False, host_mount: str | None = "/mnt/host") -> RootLayout:
     return RootLayout(
         root=ROOT, shared_dir="/run/lxss/vm/0/shared", own_network=own_network,
-        host_mount=host_mount,
+        host_mount=host_mount, sys_source="/run/lxss/vm/0/sys" if own_network else "/sys",
     )  # fmt: skip
 
 
@@ -147,12 +147,14 @@ def test_sysfs_without_a_network_namespace_is_the_hosts_read_only() -> None:
     assert plan.index(slaves[0]) < plan.index(remounts[0])
 
 
-def test_sysfs_with_its_own_network_is_a_fresh_read_only_mount() -> None:
+def test_sysfs_with_its_own_network_is_the_vms_own_read_only() -> None:
+    # mini_init mounts it for the VM's network namespace (a distribution's user namespace
+    # may not): the distribution binds it, read-only.
     plan = distribution_plan(layout(own_network=True))
     sys_mount = _mounts(plan)[f"{ROOT}/sys"]
-    assert sys_mount.fstype == "sysfs"
-    assert sys_mount.flags & sc.MS_RDONLY
-    assert not [op for op in plan if isinstance(op, Remount)]
+    assert sys_mount.source == "/run/lxss/vm/0/sys" and sys_mount.flags & sc.MS_BIND
+    remounts = [op for op in plan if isinstance(op, Remount) and op.target == f"{ROOT}/sys"]
+    assert len(remounts) == 1 and remounts[0].flags & sc.MS_RDONLY
 
 
 def test_host_mount_is_a_slave_bind_of_the_hosts_root() -> None:

@@ -162,16 +162,16 @@ def test_descriptors_arrive_with_their_own_message(
     r, w = pipe
     left.send(InitCreateSessionResponse(0), [r])
     left.send(InitExitStatus(3))
-    left.send(MiniInitLaunchInit("d", None, None, None, 0, 0), [w])
+    left.send(MiniInitLaunchInit("d", None, None, None, 0, 0), [w, r])
     before = open_fds()
     message, (first,) = right.receive(InitCreateSessionResponse)
     assert message.result == 0 and same_file(first, r) and not os.get_inheritable(first)
     assert right.receive(InitExitStatus) == (InitExitStatus(3), [])
-    _, (second,) = right.receive(MiniInitLaunchInit)
-    assert same_file(second, w)
-    assert open_fds() - before == {first, second}
-    os.close(first)
-    os.close(second)
+    _, (second, third) = right.receive(MiniInitLaunchInit)
+    assert same_file(second, w) and same_file(third, r)
+    assert open_fds() - before == {first, second, third}
+    for fd in (first, second, third):
+        os.close(fd)
 
 
 def test_create_process_descriptors_travel_in_wire_order(pair: tuple[Channel, Channel]) -> None:

@@ -37,6 +37,8 @@ from lxss.protocol.messages import (
     MiniInitGuestCapabilities,
     MiniInitInitialConfig,
     MiniInitLaunchInit,
+    MiniInitMapIdentity,
+    MiniInitMapIdentityResponse,
     NetworkingMode,
     ProtocolError,
     ResultBool,
@@ -85,6 +87,8 @@ SAMPLES: list[Message] = [
     ResultUint32(value=2**32 - 1),
     ResultUint8(value=255),
     InitSignal(signal=2),
+    MiniInitMapIdentity(uid=1000, gid=1000),
+    MiniInitMapIdentityResponse(result=0, mapped=True, reason=""),
 ]
 
 
@@ -111,6 +115,8 @@ def test_catalogue_keeps_wsl_numbers() -> None:
         "ResultUint32": 78,
         "ResultUint8": 79,
         "InitSignal": 120,
+        "MiniInitMapIdentity": 121,
+        "MiniInitMapIdentityResponse": 122,
     }
     assert {mode.name: int(mode) for mode in NetworkingMode} == {
         "NONE": 0,
@@ -176,7 +182,7 @@ def test_bytes_are_offset_and_size() -> None:
 
 
 def test_fixed_descriptor_counts() -> None:
-    assert MiniInitLaunchInit("d", None, None, None, 0, 0).fd_count() == 1
+    assert MiniInitLaunchInit("d", None, None, None, 0, 0).fd_count() == 2
     assert InitCreateSessionResponse(0).fd_count() == 1
     assert InitCreateSessionResponse(-5).fd_count() == 0
     assert InitExitStatus(0).fd_count() == 0

@@ -77,6 +77,9 @@ PIDS_LIMIT: Final = Key("wsl2.pidsLimit", _INT, 4096)  # lxss: not a WSL key
 # of its machine registry key). Read by the lxss client, from the machine's file only.
 DISTRIBUTION_LIST_URL: Final = Key("general.distributionListUrl", _STRING, "")
 DISTRIBUTION_LIST_URL_APPEND: Final = Key("general.distributionListUrlAppend", _STRING, "")
+# lxss: root's distributions run mapped to a subordinate range of root's (true), or with
+# their root as the host's root (false). The service reads it from the machine's file only.
+ROOT_DISTRIBUTIONS_MAPPED: Final = Key("security.rootDistributionsMapped", _BOOL, True)
 
 LXSS_CONF_SCHEMA: Final = Schema(
     (
@@ -94,6 +97,7 @@ LXSS_CONF_SCHEMA: Final = Schema(
         PIDS_LIMIT,
         DISTRIBUTION_LIST_URL,
         DISTRIBUTION_LIST_URL_APPEND,
+        ROOT_DISTRIBUTIONS_MAPPED,
     )
 )
 
@@ -135,6 +139,11 @@ LXSS_CONF_DOCS: Final = {
     DISTRIBUTION_LIST_URL_APPEND: (
         "A second catalog whose entries win over the first's. Read from /etc/lxss.conf only."
     ),
+    ROOT_DISTRIBUTIONS_MAPPED: (
+        "Whether root's distributions run mapped to a subordinate range of root's (true: "
+        "their root is an unprivileged id on the host) or with the host's root as theirs "
+        "(false). Read from /etc/lxss.conf only (lxss's own key)."
+    ),
 }
 # Keys read (a file setting them is valid) but not acted on yet: the manual says so.
 LXSS_CONF_NOT_ACTED_ON: Final = frozenset(
@@ -166,6 +175,7 @@ class LxssConfig:
     distribution_start_timeout_ms: int = 60000  # wsl2.distributionStartTimeout: until init does
     safe_mode: bool = False  # wsl2.safeMode: start with most features off, to repair a distro
     pids_limit: int = 4096  # wsl2.pidsLimit: most processes in the utility VM, at least 1
+    root_distributions_mapped: bool = True  # security.rootDistributionsMapped (machine only)
 
 
 def load_lxss_config(
@@ -211,6 +221,7 @@ def load_lxss_config(
         distribution_start_timeout_ms=get_int(values, DISTRIBUTION_START_TIMEOUT),
         safe_mode=get_bool(values, SAFE_MODE),
         pids_limit=_pids_limit(values, origin(PIDS_LIMIT), warnings),
+        root_distributions_mapped=get_bool(machine_values, ROOT_DISTRIBUTIONS_MAPPED),
     )
     return config, warnings
 

@@ -5,9 +5,13 @@ Serves the service's channel one message at a time:
 - EarlyConfig: the VM's hostname; the shared /mnt/wsl tmpfs; starts gns and
   answers with its result (a transaction);
 - InitialConfig: networking settings;
-- LaunchInit (+ the new distribution's channel): forks a child in new
-  mount, pid, UTS and IPC namespaces that mounts the distribution's root,
-  pivots into it and becomes its init.
+- LaunchInit (+ the new distribution's channel and its tree, a detached mount):
+  forks the distribution's boot process, which reads who the default user is,
+  gets the tree id-mapped for that user from the service (MapIdentity), enters a
+  user namespace of the distribution's own in which that user is the owner (see
+  lxss.linux.idmap), then new mount, pid, UTS and IPC namespaces, and forks the
+  distribution's init: it mounts the tree and the rest, pivots into it and runs.
+  The boot process stays as init's parent; its end is the distribution's.
 
 When a distribution's init exits, mini_init reports ChildExit on the notify
 channel. When the service closes the channel, mini_init returns and, being
@@ -20,6 +24,7 @@ host's Python library is out of reach.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -29,8 +34,11 @@ import traceback
 
 from lxss import readiness
 from lxss.guest import gns, init, mounts
+from lxss.guest.identity import default_ids
+from lxss.guest.relay import exit_code
 from lxss.linux import syscalls as sc
 from lxss.linux.children import ChildWatch
+from lxss.linux.idmap import enter_nested_user_namespace, swap_lines
 from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
@@ -47,7 +55,9 @@ class MiniInit:
         self.notify = notify
         self.scratch = str(spec.extra["scratch"])
         self.shared = os.path.join(self.scratch, "shared")
+        self.sysfs = os.path.join(self.scratch, "sys")
         self.distributions: dict[int, str] = {}
+        self.mount_points: dict[int, str] = {}
         self.children = ChildWatch()
 
     # Boot ----------------------------------------------------------------------
@@ -60,6 +70,12 @@ class MiniInit:
         sc.mount("wsl", self.shared, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755")
         # Shared: what one distribution mounts under /mnt/wsl, all of them see.
         sc.mount(None, self.shared, None, sc.MS_SHARED)
+        if self.spec.networking_mode == "None":
+            # A sysfs of the VM's own network namespace, mounted here (only the namespace's
+            # owner may): distributions, in user namespaces of their own, bind it.
+            os.mkdir(self.sysfs, 0o755)
+            sc.mount("sysfs", self.sysfs, "sysfs", mounts.NOSUID_NODEV_NOEXEC | sc.MS_RDONLY)
+        os.mkdir(os.path.join(self.scratch, "roots"), 0o700)
         self.control.send(m.MiniInitGuestCapabilities(kernel_version=os.uname().release, pid=1))
 
     # Messages ------------------------------------------------------------------
@@ -78,45 +94,36 @@ class MiniInit:
         self.control.reply(header, m.ResultInt32(value=os.waitstatus_to_exitcode(status)))
 
     def launch_init(self, message: m.MiniInitLaunchInit, fds: list[int]) -> None:
-        """Start a distribution's init, taking ownership of *fds* (its channel first).
+        """Start a distribution, taking ownership of *fds* (its channel, then its tree).
 
         If it cannot be started (fork's EAGAIN at the VM's pids limit, say), the
         distribution's channel gets the CreateInstanceResult the service waits for, and
         mini_init serves on: the VM and its other distributions are not this start's to
         take down.
         """
+        mount_point = os.path.join(self.scratch, "roots", message.guid or "unnamed")
         try:
-            pid = self._fork_init(message, fds[0])
+            for path in (mount_point, mount_point + ".host"):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path, 0o755)
+            pid = os.fork()
+            if pid == 0:
+                self._boot_distribution(message, fds[0], fds[1], mount_point)  # never returns
         except OSError as e:
             _report_launch_failure(fds[0], e)
+            _remove_mount_point(mount_point)
             return
         finally:
             for fd in fds:
                 os.close(fd)
         self.distributions[pid] = message.distribution_name or "?"
+        self.mount_points[pid] = mount_point
 
-    def _fork_init(self, message: m.MiniInitLaunchInit, channel_fd: int) -> int:
-        """Fork the distribution's init, pid 1 of a new pid namespace; return its pid.
-
-        unshare(CLONE_NEWPID) only affects our next child, so we fork and then setns back
-        to our own namespace, whether the fork worked or not: the children after it (the
-        next distribution's init, gns) must not land in a namespace of their own.
-        """
-        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            sc.unshare(sc.CLONE_NEWPID)
-            try:
-                pid = os.fork()
-                if pid == 0:
-                    self._become_distribution(message, channel_fd)  # never returns
-            finally:
-                sc.setns(own_pid_ns, sc.CLONE_NEWPID)
-        finally:
-            os.close(own_pid_ns)
-        return pid
-
-    def _become_distribution(self, message: m.MiniInitLaunchInit, channel_fd: int) -> None:
-        """In the child: namespaces, mounts, pivot_root, then init. Never returns."""
+    def _boot_distribution(
+        self, message: m.MiniInitLaunchInit, channel_fd: int, tree_fd: int, mount_point: str
+    ) -> None:
+        """In the child: the distribution's user and other namespaces, then its init as our
+        child (pid 1 of the new pid namespace). Never returns."""
         code = 1
         channel = None
         try:
@@ -125,33 +132,31 @@ class MiniInit:
             self.control.close()
             self.notify.close()
             channel = Channel(socket.socket(fileno=channel_fd), "init")
-            vm_pid = _pid_in_parent_namespace()
-            step = m.FailureStep.MOUNT
+            vm_pid = os.getpid()  # we are in the VM's pid namespace: init's parent is us
             try:
-                sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC)
+                # The host's view for /mnt/host, made while we may still unmount in it.
+                sc.unshare(sc.CLONE_NEWNS)
+                staging = mount_point + ".host"
+                mounts.apply_plan(
+                    mounts.host_view_plan(staging, (self.scratch,)), os.path.dirname(staging)
+                )
+                tree_fd = _own_tree(channel, message, tree_fd)
+                sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWPID)
                 if message.hostname:
                     sc.sethostname(message.hostname)
-                layout = mounts.RootLayout(
-                    root=message.root_path or "",
-                    shared_dir=self.shared,
-                    own_network=self.spec.networking_mode == "None",
-                    host_mount=HOST_MOUNT,
-                    vm_mounts=(self.scratch,),
-                )
-                mounts.apply_plan(mounts.distribution_plan(layout), layout.root)
-                mounts.pivot_into(layout.root)
-                step = m.FailureStep.LAUNCH_INIT
-            except OSError as e:
-                channel.send(
-                    m.MiniInitCreateInstanceResult(
-                        result=e.errno or errno.EIO,
-                        failure_step=step,
-                        pid=vm_pid,
-                        warnings=(str(e),),
-                    )
-                )
+                # Before the fork: init's pivot_root moves our root too (one mount
+                # namespace), and its /proc has no /proc/self of ours.
+                set_title("lxss-distribution")
+                pid = os.fork()
+            except (OSError, ValueError, TimeoutError) as e:
+                _send_failure(channel, e, m.FailureStep.MOUNT, vm_pid)
                 return
-            code = init.main(channel, message, vm_pid, HOST_MOUNT)
+            if pid == 0:
+                code = self._become_init(message, channel, tree_fd, mount_point, vm_pid)
+                return
+            channel.close()
+            os.close(tree_fd)
+            code = _wait_for(pid)
         except BaseException:
             traceback.print_exc()
         finally:
@@ -159,10 +164,40 @@ class MiniInit:
                 channel.close()
             os._exit(code)
 
+    def _become_init(
+        self,
+        message: m.MiniInitLaunchInit,
+        channel: Channel,
+        tree_fd: int,
+        mount_point: str,
+        vm_pid: int,
+    ) -> int:
+        """In init (pid 1 of the distribution's pid namespace): mounts, pivot_root, init."""
+        sc.set_pdeathsig(signal.SIGKILL)
+        try:
+            sc.move_mount(tree_fd, mount_point)
+            os.close(tree_fd)
+            layout = mounts.RootLayout(
+                root=mount_point,
+                shared_dir=self.shared,
+                own_network=self.spec.networking_mode == "None",
+                host_mount=HOST_MOUNT,
+                vm_mounts=(self.scratch,),
+                sys_source=self.sysfs if self.spec.networking_mode == "None" else "/sys",
+                host_source=mount_point + ".host",
+            )
+            mounts.apply_plan(mounts.distribution_plan(layout), layout.root)
+            mounts.pivot_into(layout.root)
+        except OSError as e:
+            _send_failure(channel, e, m.FailureStep.MOUNT, vm_pid)
+            return 1
+        return init.main(channel, message, vm_pid, HOST_MOUNT)
+
     # Children --------------------------------------------------------------------
 
     def reap(self) -> None:
         for pid, status in self.children.reap():
+            _remove_mount_point(self.mount_points.pop(pid, None))
             name = self.distributions.pop(pid, None)
             if name is not None:
                 try:
@@ -202,6 +237,53 @@ class MiniInit:
                 return 1
 
 
+def _own_tree(channel: Channel, message: m.MiniInitLaunchInit, tree_fd: int) -> int:
+    """Enter the distribution's own user namespace, where its default user is the owner,
+    and return the tree to mount: id-mapped for that user by the service (the plain
+    *tree_fd* is closed then), or *tree_fd* itself when the mapping is the stored one."""
+    uid, gid = default_ids(tree_fd, message.default_uid)
+    uid_lines, gid_lines = swap_lines(uid), swap_lines(gid)  # ValueError: not a mapped id
+    reply, fds = channel.transaction(
+        m.MiniInitMapIdentity(uid=uid, gid=gid), m.MiniInitMapIdentityResponse, timeout=30.0
+    )
+    if reply.result != 0:
+        raise OSError(reply.result, reply.reason or os.strerror(reply.result))
+    if fds:
+        os.close(tree_fd)
+        tree_fd = fds[0]
+    enter_nested_user_namespace(uid_lines, gid_lines)
+    return tree_fd
+
+
+def _send_failure(channel: Channel, error: Exception, step: int, vm_pid: int) -> None:
+    number = error.errno if isinstance(error, OSError) and error.errno else errno.EINVAL
+    channel.send(
+        m.MiniInitCreateInstanceResult(
+            result=number, failure_step=step, pid=vm_pid, warnings=(str(error),)
+        )
+    )
+
+
+def _wait_for(pid: int) -> int:
+    """Wait for init; its exit code (128+N for death by signal N) is ours."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return exit_code(status)
+        except ChildProcessError:
+            return 1
+        except InterruptedError:
+            continue
+
+
+def _remove_mount_point(path: str | None) -> None:
+    if path is not None:
+        for directory in (path, path + ".host"):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+
+
 def _report_launch_failure(channel_fd: int, error: OSError) -> None:
     """Tell the service, on the distribution's channel, that its init could not be started.
 
@@ -225,15 +307,6 @@ def _report_launch_failure(channel_fd: int, error: OSError) -> None:
             )
         except (OSError, ChannelClosed, TimeoutError) as e:
             print(f"mini_init: cannot report a failed launch: {e}", file=sys.stderr)
-
-
-def _pid_in_parent_namespace() -> int:
-    """Our pid as mini_init sees it (the /proc mounted now is the VM's)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("NSpid:"):
-                return int(line.split()[1])
-    return 0
 
 
 def main(spec: VmSpec, control_fd: int, notify_fd: int) -> int:

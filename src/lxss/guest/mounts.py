@@ -29,7 +29,8 @@ DEV_LINKS: Final = (
     ("stderr", "/proc/self/fd/2"),
     ("ptmx", "pts/ptmx"),
 )
-_NOSUID_NODEV_NOEXEC: Final = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+NOSUID_NODEV_NOEXEC: Final = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+_NOSUID_NODEV_NOEXEC: Final = NOSUID_NODEV_NOEXEC
 
 
 class Operation(Protocol):
@@ -161,6 +162,20 @@ class RootLayout:
     # mount: it shows the host's mounts, not lxss's runtime ones. (Not the VM's /proc: the
     # host's under it, which a user namespace may not unmount, lists the host's processes.)
     vm_mounts: tuple[str, ...] = ()
+    # The sysfs to bind: the host's, or (own_network) the one mini_init mounted for the
+    # VM's network namespace. A distribution's user namespace does not own the VM's
+    # network namespace, so it may not mount a sysfs itself.
+    sys_source: str = "/sys"
+    # What /mnt/host binds: "/" itself, or a copy of it prepared by `host_view_plan` (a
+    # distribution in a user namespace of its own cannot unmount the copy's submounts:
+    # they are locked, so they are taken off before).
+    host_source: str = "/"
+
+
+def host_view_plan(staging: str, vm_mounts: tuple[str, ...]) -> list[Operation]:
+    """The host's tree bound at *staging* without lxss's runtime mounts (see RootLayout)."""
+    plan: list[Operation] = [Mount("/", staging, None, sc.MS_BIND | sc.MS_REC)]
+    return plan + [Detach(f"{staging}{path}") for path in sorted(vm_mounts) if path != "/"]
 
 
 def distribution_plan(layout: RootLayout) -> list[Operation]:
@@ -178,23 +193,21 @@ def distribution_plan(layout: RootLayout) -> list[Operation]:
         # First, so the host's view holds none of the mounts below.
         target = f"{root}{layout.host_mount}"
         plan += [
-            Mount("/", target, None, sc.MS_BIND | sc.MS_REC),
+            Mount(layout.host_source, target, None, sc.MS_BIND | sc.MS_REC),
             # Slave: a distribution unmounting under /mnt/host must not reach the host.
             Propagation(target, sc.MS_REC | sc.MS_SLAVE),
         ]
         # The distribution's own root (bound above) and the VM's runtime mounts.
         hidden = sorted({root, *layout.vm_mounts})
-        plan += [Detach(f"{target}{path}") for path in hidden if path != "/"]
+        if layout.host_source == "/":
+            plan += [Detach(f"{target}{path}") for path in hidden if path != "/"]
     plan.append(Mount("proc", f"{root}/proc", "proc", _NOSUID_NODEV_NOEXEC))
-    if layout.own_network:
-        plan.append(Mount("sysfs", f"{root}/sys", "sysfs", _NOSUID_NODEV_NOEXEC | sc.MS_RDONLY))
-    else:
-        # sysfs may only be mounted by the owner of the network namespace; share the host's.
-        plan += [
-            Mount("/sys", f"{root}/sys", None, sc.MS_BIND | sc.MS_REC),
-            Propagation(f"{root}/sys", sc.MS_REC | sc.MS_SLAVE),
-            Remount(f"{root}/sys", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC),
-        ]
+    # sysfs may only be mounted by the owner of the network namespace: bind one.
+    plan += [
+        Mount(layout.sys_source, f"{root}/sys", None, sc.MS_BIND | sc.MS_REC),
+        Propagation(f"{root}/sys", sc.MS_REC | sc.MS_SLAVE),
+        Remount(f"{root}/sys", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC),
+    ]
     plan.append(Mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=755,size=4m"))
     plan += [BindFile(f"/dev/{name}", f"{dev}/{name}") for name in DEVICES]
     plan += [

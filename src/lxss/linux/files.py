@@ -21,6 +21,7 @@ DEFAULT_LIMIT: Final = 1 << 20
 """Largest file read by default, in bytes."""
 
 _READ_CHUNK: Final = 1 << 16
+_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
 def load_regular_file(
@@ -40,10 +41,23 @@ def load_regular_file(
     EFBIG if it holds more than *limit* bytes (checked while reading too, so a file that
     grows meanwhile is still refused).
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    flags = _FLAGS
     if nofollow:
         flags |= os.O_NOFOLLOW
-    fd = os.open(path, flags)
+    return _load_fd(os.open(path, flags), path, limit, owner_uid, errors)
+
+
+OPEN_FLAGS: Final = _FLAGS
+"""How the functions here open a file (callers with an openat2 of their own use these)."""
+
+
+def load_opened_file(fd: int, path: str, limit: int = DEFAULT_LIMIT) -> str:
+    """load_regular_file's checks and reading for a descriptor opened with OPEN_FLAGS
+    (closed here, whatever happens)."""
+    return _load_fd(fd, path, limit, None, "replace")
+
+
+def _load_fd(fd: int, path: str, limit: int, owner_uid: int | None, errors: str) -> str:
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):

@@ -95,6 +95,13 @@ class Mapping:
     uid: IdMap
     gid: IdMap
 
+    def for_vm(self) -> Mapping:
+        """The utility VM's mapping: the stored one with each owner replaced by its face."""
+        return Mapping(
+            IdMap(self.uid.host_face, self.uid.sub_start, self.uid.count),
+            IdMap(self.gid.host_face, self.gid.sub_start, self.gid.count),
+        )
+
     def with_root_faces(self, uid_range: SubRange, gid_range: SubRange) -> Mapping:
         """Root's distributions, mapped: their owner plays as the last id of root's range
         (the stored tree, and so exports, stay as they are: only the run time changes)."""

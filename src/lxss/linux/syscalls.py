@@ -36,6 +36,13 @@ MS_PRIVATE: Final = 1 << 18
 MS_SLAVE: Final = 1 << 19
 MS_SHARED: Final = 1 << 20
 MNT_DETACH: Final = 0x2
+OPEN_TREE_CLONE: Final = 1
+MOUNT_ATTR_IDMAP: Final = 0x00100000
+MOVE_MOUNT_F_EMPTY_PATH: Final = 0x00000004
+
+# <linux/fcntl.h>
+AT_FDCWD: Final = -100
+AT_EMPTY_PATH: Final = 0x1000
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG: Final = 1
@@ -46,8 +53,33 @@ PR_SET_CHILD_SUBREAPER: Final = 36
 # <linux/reboot.h>
 LINUX_REBOOT_CMD_POWER_OFF: Final = 0x4321FEDC
 
-# <asm/unistd_64.h> (x86_64): calls glibc 2.36 has no wrapper for.
+# <asm/unistd_64.h> (x86_64): calls glibc 2.36 has no wrapper for. (The mount API's
+# numbers are the same on every architecture.)
 _NR_pivot_root: Final = 155
+_NR_open_tree: Final = 428
+_NR_move_mount: Final = 429
+_NR_mount_setattr: Final = 442
+_NR_openat2: Final = 437
+
+# <linux/openat2.h>
+RESOLVE_NO_MAGICLINKS: Final = 0x02
+RESOLVE_IN_ROOT: Final = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+class _MountAttr(ctypes.Structure):
+    """struct mount_attr (mount_setattr(2))."""
+
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
+
 
 _libc.unshare.argtypes = (ctypes.c_int,)
 _libc.unshare.restype = ctypes.c_int
@@ -128,6 +160,53 @@ def pivot_root(new_root: str, put_old: str) -> None:
         _NR_pivot_root, ctypes.c_char_p(_bytes(new_root)), ctypes.c_char_p(_bytes(put_old))
     )
     _check(result, "pivot_root", new_root)
+
+
+def open_tree(fd: int, flags: int) -> int:
+    """open_tree(fd, "", AT_EMPTY_PATH | flags | OPEN_TREE_CLOEXEC): a mount's descriptor."""
+    result = _libc.syscall(
+        _NR_open_tree, ctypes.c_int(fd), ctypes.c_char_p(b""),
+        ctypes.c_uint(AT_EMPTY_PATH | flags | os.O_CLOEXEC),
+    )  # fmt: skip
+    return _check(result, "open_tree")
+
+
+def mount_setattr_idmap(tree_fd: int, userns_fd: int) -> None:
+    """Id-map the detached mount *tree_fd* by the user namespace *userns_fd*."""
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    result = _libc.syscall(
+        _NR_mount_setattr, ctypes.c_int(tree_fd), ctypes.c_char_p(b""),
+        ctypes.c_uint(AT_EMPTY_PATH), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+    )  # fmt: skip
+    _check(result, "mount_setattr")
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2): *path* below *dir_fd*, resolved as *resolve* says."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    result = _libc.syscall(
+        _NR_openat2, ctypes.c_int(dir_fd), ctypes.c_char_p(_bytes(path)), ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )  # fmt: skip
+    return _check(result, "openat2", path)
+
+
+def setfsuid(uid: int) -> int:
+    """setfsuid(2) for the calling thread alone; returns the previous fsuid."""
+    return int(_libc.setfsuid(uid))
+
+
+def setfsgid(gid: int) -> int:
+    return int(_libc.setfsgid(gid))
+
+
+def move_mount(tree_fd: int, target: str) -> None:
+    """Attach the detached mount *tree_fd* at *target*."""
+    result = _libc.syscall(
+        _NR_move_mount, ctypes.c_int(tree_fd), ctypes.c_char_p(b""), ctypes.c_int(AT_FDCWD),
+        ctypes.c_char_p(_bytes(target)), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+    )  # fmt: skip
+    _check(result, "move_mount", target)
 
 
 def sethostname(name: str) -> None:

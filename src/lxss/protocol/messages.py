@@ -60,6 +60,8 @@ __all__ = [
     "MiniInitGuestCapabilities",
     "MiniInitInitialConfig",
     "MiniInitLaunchInit",
+    "MiniInitMapIdentity",
+    "MiniInitMapIdentityResponse",
     "NetworkingMode",
     "ProtocolError",
     "ResultBool",
@@ -235,10 +237,11 @@ class InitTerminateInstance(Message):
 
 
 class MiniInitLaunchInit(Message):
-    """Service -> mini_init: start a distribution. One descriptor: its init's channel."""
+    """Service -> mini_init: start a distribution. Two descriptors: its init's channel and
+    its stored tree, a detached mount (open_tree(2))."""
 
     TYPE: ClassVar[int] = 29
-    FDS: ClassVar[int] = 1
+    FDS: ClassVar[int] = 2
     distribution_name: Str
     guid: Str  # the registry's GUID for the distribution
     root_path: Str  # its root filesystem, as mini_init sees it
@@ -343,3 +346,26 @@ class InitSignal(Message):
 
     TYPE: ClassVar[int] = 120
     signal: I32
+
+
+class MiniInitMapIdentity(Message):
+    """A distribution being started -> service (lxss addition): the uid and gid of its
+    default user, from the registry, /etc/wsl.conf and its /etc/passwd. Answered with
+    MiniInitMapIdentityResponse; sent once, before CreateInstanceResult."""
+
+    TYPE: ClassVar[int] = 121
+    uid: U32
+    gid: U32
+
+
+class MiniInitMapIdentityResponse(Message):
+    """Service -> a distribution being started: its root file system, a detached mount
+    id-mapped so that *uid* and *gid* are the owner (one descriptor when result is 0)."""
+
+    TYPE: ClassVar[int] = 122
+    result: I32  # 0 or an errno
+    mapped: Bool  # False: the stored tree already is the mapping (no descriptor)
+    reason: Str  # why not, for the user
+
+    def fd_count(self) -> int:
+        return 1 if self.result == 0 and self.mapped else 0

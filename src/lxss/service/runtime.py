@@ -27,11 +27,13 @@ from lxss.api import errors
 from lxss.api.server import Call
 from lxss.config.lxssconf import LxssConfig, load_lxss_config
 from lxss.linux.files import read_regular_file
+from lxss.linux.subids import Mapping
 from lxss.protocol import messages as m
 from lxss.protocol.channel import ChannelClosed
 from lxss.protocol.framing import ProtocolError
 from lxss.service.registry import Distribution
 from lxss.service.settings import Settings
+from lxss.service.trees import Trees
 from lxss.vm import cgroup
 from lxss.vm.backend import Vm, VmBackend
 from lxss.vm.link import GuestLink
@@ -97,6 +99,8 @@ class Runtime:
         self.settings = settings
         self.backend = backend
         self.vm: Vm | None = None
+        self.vm_mapping: Mapping | None = None  # the ids the running VM was started with
+        self.trees = Trees(session.owner.uid, session.owner.gid)
         self.config: LxssConfig | None = None
         self.instances: dict[str, Instance] = {}
         self._lock = asyncio.Lock()
@@ -172,7 +176,9 @@ class Runtime:
         )
         started = time.monotonic()
         try:
-            self.vm = await self.backend.start(spec, self.session.mapping())
+            mapping = self.session.run_mapping(config.root_distributions_mapped)
+            self.vm = await self.backend.start(spec, mapping)
+            self.vm_mapping = mapping
         except (VmStartError, OSError, TimeoutError) as e:
             raise errors.StartFailed(distribution="(utility VM)", reason=str(e)) from None
         log.info("uid %d: utility VM started in %.0f ms", self.session.uid,
@@ -201,6 +207,7 @@ class Runtime:
         vm, self.vm = self.vm, None
         for instance in list(self.instances.values()):
             self._instance_gone(instance)
+        self.trees.close()  # its user namespaces are made again at the next VM's starts
         if vm is not None:
             log.info("uid %d: utility VM stopped", self.session.uid)
             await vm.stop(force=force)
@@ -281,24 +288,33 @@ class Runtime:
         self.session.check_files(
             distribution, lambda reason: errors.StartFailed(distribution=name, reason=reason)
         )
+        root_path = os.path.join(distribution.base_path, "rootfs")
+        mapping = self.vm_mapping or self.session.mapping()
+        try:
+            stored = self.trees.open_stored(root_path, mapping)
+        except OSError as e:
+            raise errors.StartFailed(distribution=name, reason=f"its tree: {e.strerror}") from None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         link = GuestLink(ours, f"init:{name}")
         try:
             launch = m.MiniInitLaunchInit(
                 distribution_name=name,
                 guid=distribution.guid,
-                root_path=os.path.join(distribution.base_path, "rootfs"),
+                root_path=root_path,
                 hostname=vm.spec.hostname,
                 flags=0,
                 default_uid=distribution.default_uid,
             )
             try:
-                await vm.control.send(launch, [theirs.fileno()])
+                plain = self.trees.plain(stored)
+                try:
+                    await vm.control.send(launch, [theirs.fileno(), plain])
+                finally:
+                    os.close(plain)
             finally:
                 theirs.close()
             timeout = vm.spec.distribution_start_timeout_s
-            result, _ = await link.receive((m.MiniInitCreateInstanceResult,), timeout=timeout)
-            assert isinstance(result, m.MiniInitCreateInstanceResult)
+            result = await self._map_identity(link, stored, mapping, timeout)
             if result.result != 0:
                 step = _failure_step(result.failure_step)
                 detail = "; ".join(result.warnings) or os.strerror(result.result)
@@ -320,6 +336,8 @@ class Runtime:
         except _GUEST_ERRORS as e:
             link.close()
             raise errors.StartFailed(distribution=name, reason=str(e)) from None
+        finally:
+            os.close(stored)
         instance.default_uid = reply.default_uid
         instance.warnings += list(reply.warnings)
         if (reply.flavor or "", reply.version or "") != (
@@ -332,6 +350,39 @@ class Runtime:
         log.info("uid %d: %s started (init pid %d in the VM)", self.session.uid, name, result.pid)
         self._arm_idle(instance)
         return instance
+
+    async def _map_identity(
+        self, link: GuestLink, stored: int, mapping: Mapping, timeout: float
+    ) -> m.MiniInitCreateInstanceResult:
+        """Answer the starting distribution's MapIdentity (once) with its id-mapped tree,
+        then return its CreateInstanceResult."""
+        expected: tuple[type[m.Message], ...] = (
+            m.MiniInitCreateInstanceResult,
+            m.MiniInitMapIdentity,
+        )
+        while True:
+            header, message, fds = await link.receive_with_header(expected, timeout=timeout)
+            for fd in fds:
+                os.close(fd)
+            if isinstance(message, m.MiniInitCreateInstanceResult):
+                return message
+            assert isinstance(message, m.MiniInitMapIdentity)
+            expected = (m.MiniInitCreateInstanceResult,)  # asked once; a second ask is hostile
+            try:
+                tree = self.trees.mapped(stored, mapping, message.uid, message.gid)
+            except (OSError, ValueError) as e:
+                number = e.errno if isinstance(e, OSError) and e.errno else errno.EINVAL
+                await link.reply(
+                    header,
+                    m.MiniInitMapIdentityResponse(result=number, mapped=False, reason=str(e)),
+                )
+                continue
+            reply = m.MiniInitMapIdentityResponse(result=0, mapped=tree is not None, reason="")
+            try:
+                await link.reply(header, reply, [] if tree is None else [tree])
+            finally:
+                if tree is not None:
+                    os.close(tree)
 
     def _instance_gone(self, instance: Instance) -> None:
         if self.instances.get(instance.distribution.guid) is instance:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxss.api import errors
 from lxss.archive.formats import EXPORT_FORMATS
-from lxss.linux.subids import Mapping, ensure_mapping
+from lxss.linux.subids import Mapping, NoFreeRange, ensure_mapping, user_ranges
 from lxss.oci import layer_stream
 from lxss.service import archives, locations, registry
 from lxss.service.locations import Identity
@@ -89,6 +89,19 @@ class UserSession:
                 self.settings.subgid_file,
             )
         return self._mapping
+
+    def run_mapping(self, root_distributions_mapped: bool) -> Mapping:
+        """The mapping the utility VM runs with: the stored one, except that root's
+        distributions, when mapped, play their owner as the last id of root's range."""
+        mapping = self.mapping()
+        if self.uid != 0 or not root_distributions_mapped:
+            return mapping
+        uid_range, gid_range = user_ranges(
+            0, self.owner.name, self.settings.subuid_file, self.settings.subgid_file
+        )
+        if uid_range is None or gid_range is None:
+            raise NoFreeRange("root has no subordinate range in /etc/subuid or /etc/subgid")
+        return mapping.with_root_faces(uid_range, gid_range)
 
     def jail(self) -> archives.Jail:
         """Identity and cgroup for one archive worker of this user."""

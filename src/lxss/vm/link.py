@@ -109,6 +109,13 @@ class GuestLink:
         transaction_id, step = self.state.stamp_message()
         await self._send(encode(message, transaction_id, step), fds)
 
+    async def reply(
+        self, request: MessageHeader, message: Message, fds: Sequence[int] = ()
+    ) -> None:
+        """Answer a transaction the guest began (see `receive_with_header`)."""
+        transaction_id, step = ChannelState.stamp_reply(request)
+        await self._send(encode(message, transaction_id, step), fds)
+
     async def transaction(
         self,
         request: Message,
@@ -133,6 +140,12 @@ class GuestLink:
         """The next message outside any transaction (it must be one of *expected*)."""
         _, message, fds = await self._receive(expected, None, timeout)
         return message, fds
+
+    async def receive_with_header(
+        self, expected: tuple[type[Message], ...], timeout: float | None = None
+    ) -> tuple[MessageHeader, Message, list[int]]:
+        """As `receive`, with the header a reply needs."""
+        return await self._receive(expected, None, timeout)
 
     async def _receive(
         self,

@@ -165,6 +165,7 @@ class NamespaceBackend:
 
     async def start(self, spec: VmSpec, mapping: Mapping) -> NamespaceVm:
         uid = spec.owner_uid
+        mapping = mapping.for_vm()  # the VM's root is the owner's face
         group = Cgroup(self.layout, f"{self.cgroup_root}/user-{uid}")
         await off_loop(group.destroy)  # a VM of this user that a crashed service left behind
         group.create(Limits(spec.memory_bytes, spec.pids_limit, spec.processors))

@@ -59,6 +59,9 @@ def main(argv: list[str]) -> int:
     # Nothing mounted in the VM may propagate back to the host's tree.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     # The VM's scratch directory is ours to mount on; nobody else's tree changes.
+    # Titled before the fork: mini_init's first act is mounting the VM's own /proc, in
+    # which our /proc/self (that set_title reads) does not exist.
+    set_title("lxss-vm")
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -71,7 +74,6 @@ def main(argv: list[str]) -> int:
             os._exit(code)
     os.close(control_fd)
     os.close(notify_fd)
-    set_title("lxss-vm")
     # The service stops the VM by closing mini_init's channel; signals to us only
     # mean "go", and mini_init dies with us (its parent-death signal).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
