@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Service
+from mgmt import shared_dir
 from run_support import private_distribution
 
 # Latin-1 "été", a lone continuation byte and an overlong encoding: none of them UTF-8.
@@ -73,8 +74,13 @@ def test_a_user_named_with_bytes(service: Service, tmp_path: Path) -> None:
 
 
 def test_a_host_directory_the_distribution_cannot_see_falls_back_home(
-    service: Service, busybox: str, tmp_path: Path
+    service: Service, busybox: str
 ) -> None:
+    with shared_dir() as directory:  # root's distributions are mapped: a traversable parent
+        _falls_back_home(service, busybox, directory)
+
+
+def _falls_back_home(service: Service, busybox: str, tmp_path: Path) -> None:
     # A directory of a uid the distribution does not map, closed to others: the host's
     # root may be there, the distribution's root may not (as a Windows path WSL cannot
     # translate), so the program starts at home, with a warning.
