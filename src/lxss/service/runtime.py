@@ -314,7 +314,7 @@ class Runtime:
             finally:
                 theirs.close()
             timeout = vm.spec.distribution_start_timeout_s
-            result = await self._map_identity(link, stored, mapping, timeout)
+            result = await self.trees.start_result(link, stored, mapping, timeout)
             if result.result != 0:
                 step = _failure_step(result.failure_step)
                 detail = "; ".join(result.warnings) or os.strerror(result.result)
@@ -350,39 +350,6 @@ class Runtime:
         log.info("uid %d: %s started (init pid %d in the VM)", self.session.uid, name, result.pid)
         self._arm_idle(instance)
         return instance
-
-    async def _map_identity(
-        self, link: GuestLink, stored: int, mapping: Mapping, timeout: float
-    ) -> m.MiniInitCreateInstanceResult:
-        """Answer the starting distribution's MapIdentity (once) with its id-mapped tree,
-        then return its CreateInstanceResult."""
-        expected: tuple[type[m.Message], ...] = (
-            m.MiniInitCreateInstanceResult,
-            m.MiniInitMapIdentity,
-        )
-        while True:
-            header, message, fds = await link.receive_with_header(expected, timeout=timeout)
-            for fd in fds:
-                os.close(fd)
-            if isinstance(message, m.MiniInitCreateInstanceResult):
-                return message
-            assert isinstance(message, m.MiniInitMapIdentity)
-            expected = (m.MiniInitCreateInstanceResult,)  # asked once; a second ask is hostile
-            try:
-                tree = self.trees.mapped(stored, mapping, message.uid, message.gid)
-            except (OSError, ValueError) as e:
-                number = e.errno if isinstance(e, OSError) and e.errno else errno.EINVAL
-                await link.reply(
-                    header,
-                    m.MiniInitMapIdentityResponse(result=number, mapped=False, reason=str(e)),
-                )
-                continue
-            reply = m.MiniInitMapIdentityResponse(result=0, mapped=tree is not None, reason="")
-            try:
-                await link.reply(header, reply, [] if tree is None else [tree])
-            finally:
-                if tree is not None:
-                    os.close(tree)
 
     def _instance_gone(self, instance: Instance) -> None:
         if self.instances.get(instance.distribution.guid) is instance:

@@ -29,6 +29,8 @@ from lxss.linux.idmap import (
     open_idmapped_tree,
 )
 from lxss.linux.subids import Mapping
+from lxss.protocol import messages as m
+from lxss.vm.link import GuestLink
 
 MAX_NAMESPACES: Final = 8
 
@@ -88,6 +90,39 @@ class Trees:
         else:
             self._namespaces.move_to_end(key)
         return open_idmapped_tree(stored_fd, userns)
+
+    async def start_result(
+        self, link: GuestLink, stored: int, mapping: Mapping, timeout: float
+    ) -> m.MiniInitCreateInstanceResult:
+        """Answer the starting distribution's MapIdentity (once) with its id-mapped tree,
+        then return its CreateInstanceResult."""
+        expected: tuple[type[m.Message], ...] = (
+            m.MiniInitCreateInstanceResult,
+            m.MiniInitMapIdentity,
+        )
+        while True:
+            header, message, fds = await link.receive_with_header(expected, timeout=timeout)
+            for fd in fds:
+                os.close(fd)
+            if isinstance(message, m.MiniInitCreateInstanceResult):
+                return message
+            assert isinstance(message, m.MiniInitMapIdentity)
+            expected = (m.MiniInitCreateInstanceResult,)  # asked once; a second ask is hostile
+            try:
+                tree = self.mapped(stored, mapping, message.uid, message.gid)
+            except (OSError, ValueError) as e:
+                number = e.errno if isinstance(e, OSError) and e.errno else errno.EINVAL
+                await link.reply(
+                    header,
+                    m.MiniInitMapIdentityResponse(result=number, mapped=False, reason=str(e)),
+                )
+                continue
+            reply = m.MiniInitMapIdentityResponse(result=0, mapped=tree is not None, reason="")
+            try:
+                await link.reply(header, reply, [] if tree is None else [tree])
+            finally:
+                if tree is not None:
+                    os.close(tree)
 
     def close(self) -> None:
         for fd in self._namespaces.values():
