@@ -56,6 +56,7 @@ def deb() -> str:
 @pytest.fixture
 def private_env() -> Iterator[dict[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="lxss-deb-", dir="/var/tmp"))
+    root.chmod(0o755)  # root's distributions run mapped: their VM must reach its runtime dir
     (root / "lxss.conf").write_text("")
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Result, Service
-from mgmt import User, shared_dir, spawn_lxss
+from mgmt import User, rootfs_of, shared_dir, spawn_lxss
 from security_support import ATTACKER, OTHER, host_uid_of, processes_in_cgroup
 
 from lxss.linux.subids import parse_ranges
@@ -238,7 +238,7 @@ def test_the_tree_keeps_its_owners_across_default_user_export_and_restart(
     assert "1500:1500 /var/lib/identity/u1500" in before and "0:0 /etc/passwd" in before
     # The stored tree does not change with the default user: the owner's files are stored
     # with the id of their inside owner in the owner's range.
-    stored = debian.location / "rootfs" / "home" / owner.name / "mine"
+    stored = rootfs_of(debian.location) / "home" / owner.name / "mine"
     stored_ids = _host_ids(stored)
     # A change of default user (registry), then [user] default in wsl.conf, then back.
     debian.service.ok("--manage", NAME, "--set-default-user", "root", user=owner.name)

@@ -152,6 +152,24 @@ def _fresh_scratch(scratch: str) -> None:
     os.mkdir(scratch, 0o700)
 
 
+def _check_reachable(directory: str, vm_uid: int) -> None:
+    """The VM's root (uid *vm_uid* on the host) must be able to reach its scratch directory
+    by path: say so clearly when a parent is closed to it (root's mapped distributions run
+    as an unprivileged id, for which a 0700 parent of root's is a wall)."""
+    path = os.path.abspath(directory)
+    while True:
+        st = os.stat(path)
+        if st.st_uid != vm_uid and not st.st_mode & 0o001:
+            raise VmStartError(
+                f"the utility VM runs as uid {vm_uid} on the host and cannot reach {path} "
+                f"(mode {st.st_mode & 0o777:o}): make it traversable by others"
+                + (" or set [security] rootDistributionsMapped = false" if vm_uid else "")
+            )
+        if path == "/":
+            return
+        path = os.path.dirname(path)
+
+
 class NamespaceBackend:
     version = 1
 
@@ -171,6 +189,14 @@ class NamespaceBackend:
         group.create(Limits(spec.memory_bytes, spec.pids_limit, spec.processors))
         scratch = self.scratch_dir(uid)
         await off_loop(lambda: _fresh_scratch(scratch))
+
+
+        os.makedirs(os.path.dirname(scratch), 0o755, exist_ok=True)
+        _check_reachable(os.path.dirname(scratch), mapping.uid.owner_id)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(scratch)
+        os.mkdir(scratch, 0o700)
+        os.chown(scratch, mapping.uid.owner_id, mapping.gid.owner_id)
         spec = replace(spec, extra={**spec.extra, "scratch": scratch})
         control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         notify, notify_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
