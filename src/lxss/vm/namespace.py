@@ -190,7 +190,6 @@ class NamespaceBackend:
         scratch = self.scratch_dir(uid)
         await off_loop(lambda: _fresh_scratch(scratch))
 
-
         os.makedirs(os.path.dirname(scratch), 0o755, exist_ok=True)
         _check_reachable(os.path.dirname(scratch), mapping.uid.owner_id)
         with contextlib.suppress(FileNotFoundError):
