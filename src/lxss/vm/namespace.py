@@ -189,13 +189,7 @@ class NamespaceBackend:
         group.create(Limits(spec.memory_bytes, spec.pids_limit, spec.processors))
         scratch = self.scratch_dir(uid)
         await off_loop(lambda: _fresh_scratch(scratch))
-
-        os.makedirs(os.path.dirname(scratch), 0o755, exist_ok=True)
         _check_reachable(os.path.dirname(scratch), mapping.uid.owner_id)
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(scratch)
-        os.mkdir(scratch, 0o700)
-        os.chown(scratch, mapping.uid.owner_id, mapping.gid.owner_id)
         spec = replace(spec, extra={**spec.extra, "scratch": scratch})
         control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         notify, notify_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
