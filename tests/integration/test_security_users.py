@@ -206,7 +206,8 @@ def test_descriptors_another_user_opens_give_no_more_than_their_rights(
 ) -> None:
     """Raw RegisterDistribution calls from B with descriptors B opened itself: A's home
     (B may read it), a path-only descriptor of /root, /etc/shadow opened O_PATH as the
-    archive. The service must lend none of them root's rights."""
+    archive. The service must lend none of them root's rights: a path-only archive is
+    refused as such before anything reads it."""
     a, b = distributions
     target = Path(b.owner.home) / "sec-target"
     assert run_as(OTHER, "mkdir", str(target)).returncode == 0
@@ -221,8 +222,8 @@ def test_descriptors_another_user_opens_give_no_more_than_their_rights(
         "location-a-file": ([("/etc/passwd", os.O_PATH), null],
                             {"location": 0, "archive": 1}, "InvalidArgument"),
         "shadow-opath": ([shadow, (str(target), os.O_RDONLY | os.O_DIRECTORY)],
-                         {"archive": 0, "location": 1}, "ImportFailed"),
-        "shadow-opath-stored": ([shadow], {"archive": 0}, "ImportFailed"),
+                         {"archive": 0, "location": 1}, "InvalidArgument"),
+        "shadow-opath-stored": ([shadow], {"archive": 0}, "InvalidArgument"),
     }  # fmt: skip
     before = set(os.listdir(a.owner.home)), set(os.listdir("/root"))
     try:
