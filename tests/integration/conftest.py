@@ -102,6 +102,9 @@ class Service:
             "LXSS_RUNTIME_DIR": str(self.runtime_dir),
             "LXSS_CGROUP_NAME": self.cgroup_name,
             "LXSS_MACHINE_CONFIG": str(self.machine_config),
+            # Built distributions (lxss --install debian) are cached for the machine's test
+            # runs, apart from the machine's own cache.
+            "LXSS_BUILD_CACHE": str(CACHE / "builds"),
             "LANG": "C.UTF-8",
             **self.extra_env,
         }
@@ -340,6 +343,33 @@ def host_left_clean(request: pytest.FixtureRequest) -> Iterator[None]:
     assert after == before, f"the test left the host changed: {before.difference(after)}"
 
 
+@contextlib.contextmanager
+def host_users(users: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """Unprivileged host users made for a while (and removed with their subordinate ids)."""
+    _require_root()
+    for user in users:
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(user)
+            subprocess.run(["userdel", "-r", user], capture_output=True, check=False)
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+    try:
+        yield users
+    finally:
+        for user in users:
+            subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
+        drop_subid_lines(users)
+
+
+def drop_subid_lines(users: tuple[str, ...]) -> None:
+    """Remove *users*' ranges from /etc/subuid and /etc/subgid."""
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with contextlib.suppress(FileNotFoundError):
+            lines = Path(path).read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.split(":", 1)[0] not in users]
+            if kept != lines:
+                Path(path).write_text("".join(kept))
+
+
 # Test runs of several checkouts may share this machine. The test users are made by the
 # first run that needs them and removed by the last one still using them: every run holds
 # a shared flock on USERS_IN_USE while it runs, and users are only made or removed under
@@ -352,12 +382,7 @@ USERS_IN_USE = Path("/run/lxss-test-users.in-use")
 def _remove_test_users() -> None:
     for user in TEST_USERS:
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
-    for path in ("/etc/subuid", "/etc/subgid"):
-        with contextlib.suppress(FileNotFoundError):
-            lines = Path(path).read_text().splitlines(keepends=True)
-            kept = [line for line in lines if line.split(":", 1)[0] not in TEST_USERS]
-            if kept != lines:
-                Path(path).write_text("".join(kept))
+    drop_subid_lines(TEST_USERS)
 
 
 @pytest.fixture(scope="session")

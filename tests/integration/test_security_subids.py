@@ -8,7 +8,6 @@ distribution: lxssd must allocate around the account.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Service
+from conftest import Service, drop_subid_lines
 from mgmt import shared_dir
 from security_support import user_distribution
 
@@ -42,22 +41,13 @@ def _naive_next_start() -> int:
     return top if top == low else -(-top // RANGE_SIZE) * RANGE_SIZE
 
 
-def _drop_lines(users: tuple[str, ...]) -> None:
-    for path in ("/etc/subuid", "/etc/subgid"):
-        with contextlib.suppress(FileNotFoundError):
-            lines = Path(path).read_text().splitlines(keepends=True)
-            kept = [line for line in lines if line.split(":", 1)[0] not in users]
-            if kept != lines:
-                Path(path).write_text("".join(kept))
-
-
 @pytest.fixture
 def placed_users(service: Service) -> Iterator[tuple[int, int]]:
     """A victim account inside the next naive range, and two users with no range yet."""
     users = (VICTIM, NEWCOMER, SECOND)
     for user in users:
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
-    _drop_lines(users)
+    drop_subid_lines(users)
     victim_id = _naive_next_start() + 100
     try:
         subprocess.run(["groupadd", "-g", str(victim_id), VICTIM], check=True)
@@ -80,7 +70,7 @@ def placed_users(service: Service) -> Iterator[tuple[int, int]]:
         for user in users:
             subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
         subprocess.run(["groupdel", VICTIM], capture_output=True, check=False)
-        _drop_lines(users)
+        drop_subid_lines(users)
 
 
 def test_a_new_range_never_covers_a_host_account(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -54,20 +55,27 @@ class Tmux:
             time.sleep(0.05)
 
 
-@pytest.fixture
-def tmux(service: Service, busybox: str) -> Iterator[Tmux]:
+@contextlib.contextmanager
+def lxss_in_tmux(service: Service, *args: str, columns: int = 100) -> Iterator[Tmux]:
+    """`lxss ARGS...` on a terminal of its own: a tmux server of the test's own."""
     name = f"lxss-test-{os.getpid()}-{time.monotonic_ns()}"
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(service.env.items()))
-    command = f"env {env} " + " ".join(shlex.quote(a) for a in [*LXSS, "-d", busybox])
+    command = f"env {env} " + " ".join(shlex.quote(a) for a in [*LXSS, *args])
     terminal = Tmux(socket=name, session="s")
     started = terminal.run(
-        "-f", "/dev/null", "new-session", "-d", "-s", "s", "-x", "100", "-y", "30", command
+        "-f", "/dev/null", "new-session", "-d", "-s", "s", "-x", str(columns), "-y", "30", command
     )
     assert started.returncode == 0, started.stderr
     try:
         yield terminal
     finally:
         terminal.run("kill-server")
+
+
+@pytest.fixture
+def tmux(service: Service, busybox: str) -> Iterator[Tmux]:
+    with lxss_in_tmux(service, "-d", busybox) as terminal:
+        yield terminal
 
 
 def _prompt_shown(screen: str) -> bool:

@@ -45,6 +45,14 @@ def test_container_images_go_to_the_image_installer() -> None:
     )
 
 
+def test_debian_and_ubuntu_are_built_with_or_without_a_suite() -> None:
+    for source in ("debian", "debian:trixie", "ubuntu", "ubuntu:jammy"):
+        assert install.choose_installer(source, from_file=False) == "lxss.cli.install:install_built"
+    # The catalogs' names (WSL spells them "Debian", "Ubuntu-24.04") stay the catalog's.
+    assert install.choose_installer("Debian", from_file=False) == install.CATALOG
+    assert install.choose_installer("debianish", from_file=False) == install.CATALOG
+
+
 def _source(argv: list[str]) -> str | None:
     request = parse(argv).request
     assert isinstance(request, Management)

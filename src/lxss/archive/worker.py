@@ -33,6 +33,7 @@ from typing import IO, Any
 from lxss.archive import formats, image, layers
 from lxss.archive.pack import Packer
 from lxss.archive.unpack import Unpacker, UnpackError, looks_like_linux, read_os_release
+from lxss.config.wslconf import read_wsl_distribution_conf
 from lxss.linux import userns
 
 ROOTFS = "rootfs"
@@ -202,7 +203,10 @@ def unpack(options: dict[str, str | bool]) -> dict[str, Any]:
 
 def _unpacked(warnings: list[str], report: Any) -> dict[str, Any]:
     release = read_os_release()
+    # Read at install, as WSL does: whether to make a shortcut.
+    distribution_conf, _ = read_wsl_distribution_conf()
     return {
+        "shortcut": distribution_conf.shortcut_enabled,
         "warnings": warnings,
         "files": report.files,
         "bytes": report.bytes,

@@ -16,6 +16,7 @@ name it registered. On failure it raises, leaving nothing registered and no part
 from __future__ import annotations
 
 import os
+import sys
 
 from lxss.cli import manage as commands
 from lxss.cli import streams
@@ -40,6 +41,11 @@ INSTALLERS: tuple[tuple[str, str, str], ...] = (
     # Refused with the reason (and what to do instead); not shown as installable.
     ("containers-storage:*", "lxss.cli.image:install_image", ""),
     ("docker-daemon:*", "lxss.cli.image:install_image", ""),
+    # Built by the service with debootstrap from the machine's apt mirror.
+    ("debian", "lxss.cli.install:install_built", "debian"),
+    ("debian:*", "lxss.cli.install:install_built", "debian:SUITE"),
+    ("ubuntu", "lxss.cli.install:install_built", "ubuntu"),
+    ("ubuntu:*", "lxss.cli.install:install_built", "ubuntu:SUITE"),
 )
 FROM_FILE = "lxss.cli.install:install_file"  # --from-file FILE
 CATALOG = "lxss.cli.catalog_install:install_from_catalog"  # any other SOURCE, and none
@@ -70,15 +76,21 @@ class InstallTarget:
         archive: str | None = None,
         builtin: str | None = None,
         stream_fd: int | None = None,
+        progress_fd: int | None = None,
     ) -> str:
         """Register an archive (a path, opened here as the user), a built-in, or the archive
         read from `stream_fd` (lent: the caller closes it) under the user's name or
-        `default_name`; returns the name registered."""
+        `default_name`; returns the name registered. As an install (not an import) it runs
+        the image's first-run setup at its first shell and, on a desktop, adds the shortcut
+        its /etc/wsl-distribution.conf asks for."""
         name = self.name or default_name
         with connect() as client:
-            commands.register(client, name, self.version, self.location, archive=archive,
-                              builtin=builtin, for_uid=self.for_uid,
-                              stream_fd=stream_fd, quiet=self.quiet)  # fmt: skip
+            reply = commands.register(client, name, self.version, self.location,
+                                      archive=archive, builtin=builtin, for_uid=self.for_uid,
+                                      stream_fd=stream_fd, quiet=self.quiet, first_run=True,
+                                      progress_fd=progress_fd)  # fmt: skip
+        if reply.get("shortcut") and self.for_uid is None:
+            _make_shortcut(name)
         return name
 
 
@@ -153,6 +165,42 @@ def install(request: Management, for_uid: int | None) -> int:
 def install_builtin(source: str, target: InstallTarget) -> str:
     """A distribution lxss builds itself from the host's files (busybox)."""
     return target.register(source, builtin=source)
+
+
+def install_built(source: str, target: InstallTarget) -> str:
+    """debian[:SUITE], ubuntu[:SUITE]: built by the service, which reports how the build is
+    getting on through a pipe, one line per stage, shown here on stderr (not with -q)."""
+    import threading
+
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+
+    def show() -> None:
+        with open(read_end, "rb", buffering=0) as lines:
+            for line in lines:
+                if not target.quiet:
+                    sys.stderr.write(line.decode(errors="replace"))
+                    sys.stderr.flush()
+
+    reader = threading.Thread(target=show, name="progress", daemon=True)
+    reader.start()
+    try:
+        return target.register(source.replace(":", "-"), builtin=source, progress_fd=write_end)
+    finally:
+        os.close(write_end)
+        reader.join(10.0)  # the service has closed its copy: the reader is at its end
+
+
+def _make_shortcut(name: str) -> None:
+    from lxss.cli import shortcut
+
+    if not shortcut.has_desktop():
+        return
+    try:
+        path = shortcut.create(name)
+    except OSError as e:
+        commands.warn([f"no desktop shortcut for '{name}': {e}"])
+        return
+    commands.out(f"Added a desktop shortcut: {path}")
 
 
 def default_name_of_file(path: str) -> str:

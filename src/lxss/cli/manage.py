@@ -92,15 +92,21 @@ def register(
     stream_fd: int | None = None,
     extra: dict[str, Any] | None = None,
     quiet: bool = True,
+    first_run: bool = False,
+    progress_fd: int | None = None,
 ) -> dict[str, Any]:
     """RegisterDistribution from the file *archive*, the built-in *builtin*, or the
     descriptor *stream_fd* (lent, the caller closes it) with *extra* parameters. Unless
-    *quiet*, an *archive* that is a file shows the unpacking's progress."""
+    *quiet*, an *archive* that is a file shows the unpacking's progress. *first_run*: an
+    install, whose first-run setup runs at its first shell (an import's does not).
+    *progress_fd* (the write end of a pipe the caller reads) is lent too."""
     fds: list[int] = []
     created = False
     try:
         params: dict[str, Any] = {"name": name, "version": version, "forUid": for_uid}
         params.update(extra or {})
+        if first_run:
+            params["firstRun"] = True
         if archive is not None:
             fds.append(open_archive(archive))
             params["archive"] = 0
@@ -113,13 +119,17 @@ def register(
             location_fd, created = _open_location(location)
             params["location"] = len(fds)
             fds.append(location_fd)
+        sent = list(fds)
+        if progress_fd is not None:
+            params["progress"] = len(sent)
+            sent.append(progress_fd)
         if archive is not None:
             from lxss.cli.lent_progress import LentFileProgress
 
             with LentFileProgress(fds[0], f"Importing {name}", reading=True, quiet=quiet):
-                reply = client.call("RegisterDistribution", params, tuple(fds), timeout=LONG_CALL)
+                reply = client.call("RegisterDistribution", params, tuple(sent), timeout=LONG_CALL)
         else:
-            reply = client.call("RegisterDistribution", params, tuple(fds), timeout=LONG_CALL)
+            reply = client.call("RegisterDistribution", params, tuple(sent), timeout=LONG_CALL)
     except BaseException:
         if created:
             try:
@@ -345,6 +355,17 @@ def status(client: Client, for_uid: int | None) -> int:
     return 0
 
 
+def _registered_name(client: Client, name_or_guid: str, for_uid: int | None) -> str:
+    """The name a distribution is registered under (the user may give another case or its
+    GUID), for what lxss keeps beside it by name, such as its desktop shortcut."""
+    reply = client.call("EnumerateDistributions", {"forUid": for_uid})
+    key = name_or_guid.strip("{}").lower()
+    for d in reply.get("distributions", []):
+        if key in (str(d["name"]).lower(), str(d["guid"]).lower()):
+            return str(d["name"])
+    return name_or_guid
+
+
 def run(client: Client, request: Management, for_uid: int | None) -> int:
     """Carry out a management action other than help, version and install."""
     action, args, options = request.action, request.args, request.options
@@ -373,9 +394,14 @@ def run(client: Client, request: Management, for_uid: int | None) -> int:
         export(client, args[0], args[1], options.get("--format"), for_uid,
                quiet=bool(options.get("--quiet")))  # fmt: skip
     elif action == "unregister":
+        name = _registered_name(client, args[0], for_uid)
         reply = client.call("UnregisterDistribution", {"distribution": args[0],
                             "forUid": for_uid}, timeout=LONG_CALL)  # fmt: skip
         warn(reply.get("warnings", []))
+        if for_uid is None:
+            from lxss.cli import shortcut
+
+            shortcut.remove(name)
         out(f"Unregistered '{args[0]}'.")
     elif action == "set-default":
         client.call("SetDefaultDistribution", {"distribution": args[0], "forUid": for_uid})

@@ -18,6 +18,7 @@ _TEXT = {
     ),
     "InstallLocationInUse": "{path} is already the install location of another distribution",
     "ImportFailed": "import failed: {reason}",
+    "BuildFailed": "cannot build {distribution}: {reason}",
     "NotALinuxDistribution": (
         "the archive is not a Linux distribution (it has neither /etc nor /bin/sh)"
     ),

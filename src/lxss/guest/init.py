@@ -8,8 +8,10 @@ in order:
 2. apply what it says about the hostname, /etc/hosts and the host mount, and mount
    what /etc/fstab lists (`mount -a`, unless [automount] mountFsTab = false);
 3. report CreateInstanceResult, which the service is waiting for;
-4. serve the service's channel: Initialize, CreateSession (forks a session
-   leader), TerminateInstance; reap every orphan of the distribution.
+4. serve the service's channel: Initialize (writes /etc/resolv.conf and
+   /etc/localtime from the host's settings), CreateSession (forks a session
+   leader), QueryDistributionConf, TerminateInstance; reap every orphan of the
+   distribution.
 
 Closing the channel, TerminateInstance, or the end of init all end the
 distribution: reboot(2) from a pid namespace's init kills every process in it.
@@ -27,14 +29,15 @@ import time
 
 from lxss import readiness
 from lxss.config.osrelease import parse_os_release
-from lxss.config.wslconf import read_wsl_conf
+from lxss.config.resolvconf import Resolvers, render_resolv_conf
+from lxss.config.wslconf import read_wsl_conf, read_wsl_distribution_conf
 from lxss.guest import session
 from lxss.guest.process import Context
 from lxss.guest.users import UserDatabase
 from lxss.linux import seccomp
 from lxss.linux import syscalls as sc
 from lxss.linux.children import ChildWatch
-from lxss.linux.files import read_regular_file
+from lxss.linux.files import load_regular_file, read_regular_file
 from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
@@ -50,6 +53,47 @@ HOSTS_HEADER = (
 def _write_file(path: str, text: str) -> None:
     with contextlib.suppress(OSError), open(path, "w") as f:
         f.write(text)
+
+
+def _replace_file(path: str, text: str) -> None:
+    """Put *text* at *path* as a new regular file, in place of whatever was there (a
+    distribution's /etc/resolv.conf is often a symlink to a resolver that does not run here)."""
+    temporary = f"{path}.lxss-new"
+    with contextlib.suppress(OSError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with open(fd, "w") as f:
+            f.write(text)
+        os.rename(temporary, path)
+
+
+ZONEINFO = "/usr/share/zoneinfo"
+
+
+def _set_localtime(zone: str, host_mount: str | None) -> None:
+    """/etc/localtime for the host's *zone*: a link to the distribution's own zone file when
+    it has one (as its tzdata package would make), else a copy of the host's, read through
+    the host mount; with neither, the distribution keeps its own."""
+    if zone.startswith("/") or ".." in zone.split("/"):
+        return  # an IANA name, never a path
+    own = f"{ZONEINFO}/{zone}"
+    temporary = "/etc/localtime.lxss-new"
+    with contextlib.suppress(OSError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        if os.path.isfile(own):
+            os.symlink(own, temporary)
+        elif host_mount is not None:
+            # Zone files are binary: surrogateescape gives back their exact bytes.
+            data = load_regular_file(f"{host_mount}{own}", errors="surrogateescape")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with open(fd, "wb") as f:
+                f.write(data.encode("utf-8", "surrogateescape"))
+        else:
+            return
+        os.rename(temporary, "/etc/localtime")
+        _replace_file("/etc/timezone", zone + "\n")
 
 
 def _os_release() -> tuple[str, str]:
@@ -116,6 +160,11 @@ class Init:
     # Messages ------------------------------------------------------------------
 
     def initialize(self, header: m.MessageHeader, message: m.InitInitialize) -> None:
+        if self.conf.network_generate_resolv_conf and message.dns_servers:
+            resolvers = Resolvers(tuple(message.dns_servers), tuple(message.dns_search or ()))
+            _replace_file("/etc/resolv.conf", render_resolv_conf(resolvers))
+        if self.conf.time_use_windows_timezone and message.timezone:
+            _set_localtime(message.timezone, self.host_mount)
         default_uid = message.default_uid
         if self.conf.user_default:
             user = UserDatabase().lookup(self.conf.user_default)
@@ -196,6 +245,20 @@ class Init:
         finally:
             theirs.close()
 
+    def query_distribution_conf(
+        self, header: m.MessageHeader, message: m.InitQueryDistributionConf
+    ) -> None:
+        """The first-run keys of /etc/wsl-distribution.conf, read now (the first-run command
+        may have just changed them)."""
+        conf, warnings = read_wsl_distribution_conf()
+        uid = conf.oobe_default_uid
+        reply = m.InitDistributionConf(
+            oobe_command=conf.oobe_command or None,
+            oobe_default_uid=uid if uid is not None and 0 <= uid < 2**32 - 1 else -1,
+            warnings=tuple(str(w) for w in warnings),
+        )
+        self.channel.reply(header, reply)
+
     def terminate(self, header: m.MessageHeader, message: m.InitTerminateInstance) -> None:
         with contextlib.suppress(OSError, ChannelClosed):
             self.channel.reply(header, m.ResultBool(value=True))
@@ -207,6 +270,7 @@ class Init:
         handlers = {
             m.InitInitialize: self.initialize,
             m.InitCreateSession: self.create_session,
+            m.InitQueryDistributionConf: self.query_distribution_conf,
             m.InitTerminateInstance: self.terminate,
         }
         while True:

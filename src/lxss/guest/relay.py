@@ -319,7 +319,8 @@ class Relay:
                 self.console.setblocking(True)
                 if self.to_console:
                     self.console.sendall(self.to_console)
-                self.console.shutdown(socket.SHUT_WR)
+                if not self.message.shell_options & m.InitCreateProcess.KEEP_CONSOLE:
+                    self.console.shutdown(socket.SHUT_WR)
 
     def finish(self) -> int:
         assert self.status is not None

@@ -46,9 +46,11 @@ __all__ = [
     "InitCreateProcessResponse",
     "InitCreateSession",
     "InitCreateSessionResponse",
+    "InitDistributionConf",
     "InitExitStatus",
     "InitInitialize",
     "InitInitializeResponse",
+    "InitQueryDistributionConf",
     "InitSignal",
     "InitTerminateInstance",
     "InitWindowSizeChanged",
@@ -115,6 +117,8 @@ class InitInitialize(Message):
     default_uid: U32  # the registry's default uid, before /etc/wsl.conf's [user] default
     feature_flags: U32  # LX_INIT_FEATURE_FLAGS-style bits
     timezone: Str  # IANA name, e.g. "Europe/Paris"
+    dns_servers: Strs  # nameservers for a generated /etc/resolv.conf (empty: leave it alone)
+    dns_search: Strs  # search domains for it
 
 
 class InitInitializeResponse(Message):
@@ -150,6 +154,9 @@ class InitCreateProcess(Message):
     STDERR_CLOSED: ClassVar[int] = 0x20
     SHELL_LOGIN: ClassVar[int] = 0x1  # run the user's shell as a login shell
     SHELL_NONE: ClassVar[int] = 0x2  # exec filename directly; no shell wraps the command line
+    # lxss: leave the console open for a process that follows on it (the first-run command,
+    # then the shell it precedes)
+    KEEP_CONSOLE: ClassVar[int] = 0x4
 
     rows: U16  # initial terminal size, when a stream is a console
     columns: U16
@@ -369,3 +376,22 @@ class MiniInitMapIdentityResponse(Message):
 
     def fd_count(self) -> int:
         return 1 if self.result == 0 and self.mapped else 0
+
+
+class InitQueryDistributionConf(Message):
+    """Service -> init (lxss addition): read /etc/wsl-distribution.conf's first-run keys.
+
+    WSL's init reads them in the process it launches with LxInitCreateProcessFlagAllowOOBE;
+    lxss's service runs the first-run command itself, so it asks init before and after.
+    """
+
+    TYPE: ClassVar[int] = 123
+
+
+class InitDistributionConf(Message):
+    """Init -> service: `[oobe] command` and `defaultUid` of /etc/wsl-distribution.conf."""
+
+    TYPE: ClassVar[int] = 124
+    oobe_command: Str  # None: no first-run command
+    oobe_default_uid: I64  # -1: not set
+    warnings: Strs  # the file's problems, one line each, for the user

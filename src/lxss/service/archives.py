@@ -43,6 +43,7 @@ class UnpackResult:
     os_version_id: str
     is_linux: bool
     default_uid: int | None = None  # an image's User, resolved in its /etc/passwd
+    shortcut: bool = True  # /etc/wsl-distribution.conf [shortcut] enabled
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ def _unpack_result(report: dict[str, Any]) -> UnpackResult:
         os_version_id=str(report.get("osVersionId", "")),
         is_linux=bool(report.get("isLinux")),
         default_uid=uid if isinstance(uid, int) and 0 <= uid <= 65535 else None,
+        shortcut=bool(report.get("shortcut", True)),
     )
 
 

@@ -120,8 +120,8 @@ class ServiceHandler:
 
     async def RegisterDistribution(self, call: Call) -> dict[str, Any]:
         session = self.session(call)
-        taken = call.take_fds("archive", "location")
-        archive, location = taken["archive"], taken["location"]
+        taken = call.take_fds("archive", "location", "progress")
+        archive, location, progress = taken["archive"], taken["location"], taken["progress"]
         try:
             if archive is not None:
                 _check_archive_fd(archive)
@@ -133,8 +133,9 @@ class ServiceHandler:
                 distribution, warnings = await session.register_in_place(
                     call.parameters["name"], call.parameters.get("version"), location
                 )
-                return {"guid": distribution.guid, "name": distribution.name, "warnings": []}
-            distribution, warnings = await session.register(
+                return {"guid": distribution.guid, "name": distribution.name,
+                        "warnings": warnings, "shortcut": False}  # fmt: skip
+            distribution, result = await session.register(
                 call.parameters["name"],
                 call.parameters.get("version"),
                 archive,
@@ -142,12 +143,19 @@ class ServiceHandler:
                 location,
                 call.parameters.get("layers"),
                 call.parameters.get("image"),
+                first_run=bool(call.parameters.get("firstRun")),
+                progress_fd=progress,
             )
         finally:
-            for fd in (archive, location):
+            for fd in (archive, location, progress):
                 if fd is not None:
                     os.close(fd)
-        return {"guid": distribution.guid, "name": distribution.name, "warnings": warnings}
+        return {
+            "guid": distribution.guid,
+            "name": distribution.name,
+            "warnings": result.warnings,
+            "shortcut": result.shortcut,
+        }
 
     async def UnregisterDistribution(self, call: Call) -> dict[str, Any]:
         warnings = await self.session(call).unregister(call.parameters["distribution"])

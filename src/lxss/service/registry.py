@@ -53,6 +53,11 @@ CREATE TABLE distributions (
     created       REAL NOT NULL,
     UNIQUE (owner_uid, name_key)
 );
+-- Distributions whose first-run setup (/etc/wsl-distribution.conf [oobe]) is still to run
+-- (WSL's RunOOBE value).
+CREATE TABLE first_run (
+    guid TEXT PRIMARY KEY
+);
 CREATE TABLE users (
     uid                  INTEGER PRIMARY KEY,
     default_distribution TEXT,
@@ -65,6 +70,8 @@ _MIGRATIONS: Final = (
     # 0 -> 1: the identity of each base directory, checked before every use of the tree.
     "ALTER TABLE distributions ADD COLUMN base_dev INTEGER;"
     " ALTER TABLE distributions ADD COLUMN base_ino INTEGER;",
+    # 1 -> 2: distributions whose first-run setup is still to run.
+    "CREATE TABLE first_run (guid TEXT PRIMARY KEY);",
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -324,6 +331,16 @@ class Registry:
         if flags is not None:
             self._db.execute("UPDATE distributions SET flags = ? WHERE guid = ?", (flags, guid))
 
+    def set_first_run(self, guid: str, pending: bool) -> None:
+        if pending:
+            self._db.execute("INSERT OR IGNORE INTO first_run (guid) VALUES (?)", (guid,))
+        else:
+            self._db.execute("DELETE FROM first_run WHERE guid = ?", (guid,))
+
+    def first_run_pending(self, guid: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM first_run WHERE guid = ?", (guid,)).fetchone()
+        return row is not None
+
     def remove(self, guid: str) -> None:
         """Delete a distribution; if it was its owner's default, the oldest remaining
         installed one becomes the default (WSL picks a new default too)."""
@@ -334,6 +351,7 @@ class Registry:
                 return
             owner = found["owner_uid"]
             db.execute("DELETE FROM distributions WHERE guid = ?", (guid,))
+            db.execute("DELETE FROM first_run WHERE guid = ?", (guid,))
             if self._default_of(db, owner) in (guid, None):
                 successor = db.execute(
                     "SELECT guid FROM distributions WHERE owner_uid = ? AND state = ?"

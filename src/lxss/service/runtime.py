@@ -31,6 +31,7 @@ from lxss.linux.subids import Mapping
 from lxss.protocol import messages as m
 from lxss.protocol.channel import ChannelClosed
 from lxss.protocol.framing import ProtocolError
+from lxss.service import firstrun, hostinfo
 from lxss.service.registry import Distribution
 from lxss.service.settings import Settings
 from lxss.service.trees import Trees
@@ -104,11 +105,13 @@ class Runtime:
         self.config: LxssConfig | None = None
         self.instances: dict[str, Instance] = {}
         self._lock = asyncio.Lock()
+        # First-run setups under way, by distribution GUID: other launches wait for them.
+        self.first_runs: dict[str, asyncio.Event] = {}
         self._vm_idle: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.debug_shells = 0  # --debug-shell sessions: they keep the VM up as instances do
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run *coroutine* in the background, keeping the task alive until it ends."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
@@ -183,7 +186,7 @@ class Runtime:
             raise errors.StartFailed(distribution="(utility VM)", reason=str(e)) from None
         log.info("uid %d: utility VM started in %.0f ms", self.session.uid,
                  (time.monotonic() - started) * 1000)  # fmt: skip
-        self._spawn(self._watch_notify(self.vm))  # ends by itself when this VM's channel closes
+        self.spawn(self._watch_notify(self.vm))  # ends by itself when this VM's channel closes
         return self.vm
 
     async def _watch_notify(self, vm: Vm) -> None:
@@ -222,7 +225,7 @@ class Runtime:
         if timeout < 0:
             return
         loop = asyncio.get_running_loop()
-        self._vm_idle = loop.call_later(timeout / 1000, lambda: self._spawn(self._vm_idle_fired()))
+        self._vm_idle = loop.call_later(timeout / 1000, lambda: self.spawn(self._vm_idle_fired()))
 
     async def _vm_idle_fired(self) -> None:
         self._vm_idle = None
@@ -321,13 +324,18 @@ class Runtime:
                 raise errors.StartFailed(distribution=name, reason=f"{detail} (step: {step})")
             instance = Instance(distribution, vm, link, result.pid)
             instance.warnings = list(result.warnings)
+            resolvers = hostinfo.host_resolvers(
+                self.settings.host_resolv_conf, vm.spec.networking_mode != "None"
+            )
             initialize = m.InitInitialize(
                 hostname=vm.spec.hostname,
                 domainname="",
                 distribution_name=name,
                 default_uid=distribution.default_uid,
                 feature_flags=0,
-                timezone=_host_timezone(),
+                timezone=hostinfo.host_timezone(),
+                dns_servers=resolvers.nameservers,
+                dns_search=resolvers.search,
             )
             reply, _ = await link.transaction(initialize, m.InitInitializeResponse)
         except errors.VarlinkError:
@@ -376,11 +384,11 @@ class Runtime:
                 # runs must not claim an instance that is about to be stopped under it;
                 # it waits for the end and starts the distribution afresh instead.
                 instance.stopping = True
-                self._spawn(self._stop(instance, force=False))
+                self.spawn(self._stop(instance, force=False))
 
         instance.idle = loop.call_later(timeout / 1000, fire)
 
-    def _track_relay(self, instance: Instance, lifetime: socket.socket) -> None:
+    def track_relay(self, instance: Instance, lifetime: socket.socket) -> None:
         """The relay holds the other end of *lifetime*; its closing means the relay ended."""
         loop = asyncio.get_running_loop()
         lifetime.setblocking(False)
@@ -454,15 +462,26 @@ class Runtime:
                 os.close(fds["console"])
                 fds["console"] = None
             self._check_encodable(call, flags)  # before anything starts for nothing
+            await self._wait_first_run(distribution.guid)
             instance = await self.ensure_instance(distribution)
             try:
-                warnings = await self._launch_process(instance, call, flags, fds, lifetime_remote)
+                if (
+                    firstrun.wanted(call)
+                    and session.registry.first_run_pending(distribution.guid)
+                    and distribution.guid not in self.first_runs
+                    and await firstrun.start(self, instance, call, flags, fds)
+                ):
+                    warnings, instance.warnings = instance.warnings, []
+                    warnings = bounded_warnings(warnings)
+                else:
+                    warnings = await self._launch_process(
+                        instance, call, flags, fds, lifetime_remote
+                    )
+                    self.track_relay(instance, lifetime)
+                    lifetime = None
             finally:
                 instance.launching -= 1
-                if self.instances.get(distribution.guid) is instance:
-                    self._arm_idle(instance)
-            self._track_relay(instance, lifetime)
-            lifetime = None
+                self.arm_idle_if_current(instance)
         finally:
             for fd in fds.values():
                 if fd is not None:
@@ -471,6 +490,30 @@ class Runtime:
             if lifetime is not None:
                 lifetime.close()
         return {"guid": distribution.guid, "name": distribution.name, "warnings": warnings}
+
+    async def _wait_first_run(self, guid: str) -> None:
+        """A launch waits while the distribution's first-run setup runs (as in WSL)."""
+        running = self.first_runs.get(guid)
+        if running is not None:
+            await asyncio.wait_for(running.wait(), firstrun.FIRST_RUN_TIMEOUT)
+
+    def arm_idle_if_current(self, instance: Instance) -> None:
+        if self.instances.get(instance.distribution.guid) is instance:
+            self._arm_idle(instance)
+
+    async def launch_shell(
+        self, instance: Instance, call: Call, flags: int, fds: dict[str, int | None]
+    ) -> None:
+        """Launch *call*'s process on *fds* (the caller keeps them) and watch its relay."""
+        lifetime, lifetime_remote = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await self._launch_process(instance, call, flags, fds, lifetime_remote)
+        except BaseException:
+            lifetime.close()
+            raise
+        finally:
+            lifetime_remote.close()
+        self.track_relay(instance, lifetime)
 
     @staticmethod
     def _process_message(
@@ -522,8 +565,18 @@ class Runtime:
                 stderr=fds["stderr"],
             )
         )
+        await self.launch_message(instance, message, ordered, p["consoleId"], p.get("username"))
+        warnings, instance.warnings = instance.warnings, []
+        return bounded_warnings(warnings)
+
+    async def launch_message(self, instance: Instance, message: m.InitCreateProcess,
+                             ordered: list[int], console_id: int,
+                             username: str | None = None) -> None:  # fmt: skip
+        """Send one InitCreateProcess to the console's session leader; an error if no relay
+        started."""
+        distribution = instance.distribution
         try:
-            leader = await self._leader(instance, p["consoleId"])
+            leader = await self._leader(instance, console_id)
             reply, _ = await leader.transaction(message, m.InitCreateProcessResponse, ordered)
         except _GUEST_ERRORS as e:
             reason = str(e)
@@ -531,13 +584,11 @@ class Runtime:
                 reason = "it was stopped (lxss --terminate or --shutdown) as the command started"
             raise errors.StartFailed(distribution=distribution.name, reason=reason) from None
         if reply.result == USER_NOT_FOUND:
-            raise errors.UserNotFound(user=p.get("username") or "")
+            raise errors.UserNotFound(user=username or "")
         if reply.result == errno.EINVAL:
             raise errors.InvalidArgument(parameter="commandLine", reason=reply.message or "")
         if reply.result != 0:
             raise errors.LaunchFailed(reason=reply.message or os.strerror(reply.result))
-        warnings, instance.warnings = instance.warnings, []
-        return bounded_warnings(warnings)
 
     async def terminate(self, guid: str, force: bool, holding_lock: bool = False) -> None:
         """Stop one distribution: ask its init, then make sure (by stopping the VM, under
@@ -632,15 +683,6 @@ def _failure_step(number: int) -> str:
         return m.FailureStep(number).name.lower().replace("_", " ")
     except ValueError:
         return f"step {number}"
-
-
-def _host_timezone() -> str:
-    try:
-        target = os.readlink("/etc/localtime")
-    except OSError:
-        return ""
-    marker = "zoneinfo/"
-    return target.split(marker, 1)[1] if marker in target else ""
 
 
 def runtime_factory(settings: Settings) -> Callable[[UserSession], Runtime]:

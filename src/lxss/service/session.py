@@ -22,7 +22,7 @@ from lxss.api import errors
 from lxss.archive.formats import EXPORT_FORMATS
 from lxss.linux.subids import Mapping, NoFreeRange, ensure_mapping, user_ranges
 from lxss.oci import layer_stream
-from lxss.service import archives, locations, registry
+from lxss.service import archives, builders, locations, registry
 from lxss.service.locations import Identity
 from lxss.service.registry import Distribution, Registry
 from lxss.service.settings import Settings
@@ -211,7 +211,13 @@ class UserSession:
         location_fd: int | None,
         layers: list[dict[str, Any]] | None = None,
         image: dict[str, Any] | None = None,
-    ) -> tuple[Distribution, list[str]]:
+        first_run: bool = False,
+        progress_fd: int | None = None,
+    ) -> tuple[Distribution, archives.UnpackResult]:
+        """Install a distribution from an archive, a container image's layers or a built-in
+        source. *first_run*: run its /etc/wsl-distribution.conf [oobe] command at the first
+        interactive launch (an install does, an import does not, as in WSL). *progress_fd*:
+        where a build says how it is getting on."""
         if not registry.valid_name(name):
             raise errors.InvalidDistributionName(name=name)
         if (archive_fd is None) == (builtin is None):
@@ -222,6 +228,12 @@ class UserSession:
                 raise errors.InvalidArgument(
                     parameter="layers", reason=problem or "layers come with an archive fd"
                 )
+        build = None
+        if builtin is not None and builders.is_buildable(builtin):
+            try:
+                build = builders.plan(builtin)
+            except builders.BuildError as e:
+                raise errors.BuildFailed(distribution=builtin, reason=str(e)) from None
         version = version or self.registry.user(self.uid).default_version
         self.check_version(version)
         async with self._lock:
@@ -244,6 +256,8 @@ class UserSession:
                 result = await archives.unpack_layers(jail, archive_fd, layers, image, base)
             elif archive_fd is not None:
                 result = await archives.unpack_archive(jail, archive_fd, base)
+            elif build is not None:
+                result = await self._unpack_build(jail, build, base, progress_fd)
             else:
                 assert builtin is not None
                 result = await archives.unpack_builtin(jail, builtin, base)
@@ -251,6 +265,8 @@ class UserSession:
                 raise errors.NotALinuxDistribution()
             if result.default_uid is not None:
                 self.registry.configure(guid, result.default_uid, None)
+            if first_run:
+                self.registry.set_first_run(guid, True)
             self.registry.finish_install(guid, result.os_id, result.os_version_id)
         except BaseException as e:
             await self._discard(record)
@@ -262,7 +278,24 @@ class UserSession:
         log.info("uid %d: registered %s (%s) at %s", self.uid, name, guid, base)
         installed = self.registry.get(guid)
         assert installed is not None
-        return installed, result.warnings
+        return installed, result
+
+    async def _unpack_build(
+        self,
+        jail: archives.Jail,
+        build: builders.Build,
+        base: str,
+        progress_fd: int | None,
+    ) -> archives.UnpackResult:
+        """Build (or take from the cache) *build*'s tree, then import it like any archive."""
+        progress = builders.Progress(progress_fd)
+        try:
+            path = await builders.cached_build(build, self.settings.build_cache, progress)
+        except builders.BuildError as e:
+            raise errors.BuildFailed(distribution=build.label, reason=str(e)) from None
+        progress.say(f"unpacking {build.label}")
+        with open(path, "rb") as tarball:
+            return await archives.unpack_archive(jail, tarball.fileno(), base)
 
     async def _discard(self, record: Distribution) -> None:
         """Undo a failed registration: the files it made, then its row. The row goes

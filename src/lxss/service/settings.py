@@ -1,5 +1,6 @@
 """Where the service keeps things, overridable through the environment (tests run a
-private service this way: LXSS_STATE_DIR, LXSS_RUNTIME_DIR, LXSS_CGROUP_NAME), and how
+private service this way: LXSS_STATE_DIR, LXSS_RUNTIME_DIR, LXSS_CGROUP_NAME, and
+LXSS_HOST_RESOLV_CONF / LXSS_BUILD_CACHE to keep its DNS source and builds apart), and how
 long a client connection may sit idle (LXSS_CONNECTION_TIMEOUT, seconds; a message begun
 must end within half of it)."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from lxss.config.resolvconf import HOST_RESOLV_CONF
 from lxss.linux.subids import SUBGID_FILE, SUBUID_FILE
 
 
@@ -20,6 +22,8 @@ class Settings:
     subuid_file: str = SUBUID_FILE
     subgid_file: str = SUBGID_FILE
     connection_timeout: float = 60.0
+    host_resolv_conf: str = HOST_RESOLV_CONF  # where the host's resolvers are read
+    build_cache: str = "/var/cache/lxss/builds"  # built root file systems, machine-wide
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -31,6 +35,8 @@ class Settings:
             machine_config=env.get("LXSS_MACHINE_CONFIG") or cls.machine_config,
             connection_timeout=_positive(env.get("LXSS_CONNECTION_TIMEOUT"))
             or cls.connection_timeout,
+            host_resolv_conf=env.get("LXSS_HOST_RESOLV_CONF") or cls.host_resolv_conf,
+            build_cache=env.get("LXSS_BUILD_CACHE") or cls.build_cache,
         )
 
     @property
