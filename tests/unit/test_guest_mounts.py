@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,31 @@ def test_detach_takes_off_what_is_stacked_and_stops_when_nothing_is(
     monkeypatch.setattr(sc, "umount2", umount2)
     mounts.Detach("/x").apply()
     assert (stack, calls) == ([], ["/x", "/x", "/x"])
+
+
+def test_a_tree_without_tmp_gets_one_and_a_tree_with_its_own_keeps_it(tmp_path: Path) -> None:
+    """/tmp is the distribution's own (no tmpfs); a bare tree that has none gets a 1777
+    directory, and one that has /tmp, as a directory of its own mode or as a symlink, is
+    left exactly as it is (the symlink guard is not asked about a path nothing is made at)."""
+    operation = mounts.Directory(str(tmp_path / "bare/tmp"), 0o1777, keep_existing=True)
+    (tmp_path / "bare").mkdir()
+    mounts.apply_plan([operation], str(tmp_path / "bare"))
+    assert stat.S_IMODE((tmp_path / "bare/tmp").stat().st_mode) == 0o1777
+
+    (tmp_path / "own/tmp").mkdir(parents=True)
+    os.chmod(tmp_path / "own/tmp", 0o700)
+    mounts.apply_plan([mounts.Directory(str(tmp_path / "own/tmp"), 0o1777, keep_existing=True)],
+                      str(tmp_path / "own"))  # fmt: skip
+    assert stat.S_IMODE((tmp_path / "own/tmp").stat().st_mode) == 0o700
+
+    (tmp_path / "linked/var/tmp").mkdir(parents=True)
+    (tmp_path / "linked/tmp").symlink_to("var/tmp")
+    mounts.apply_plan([mounts.Directory(str(tmp_path / "linked/tmp"), 0o1777, keep_existing=True)],
+                      str(tmp_path / "linked"))  # fmt: skip
+    assert os.readlink(tmp_path / "linked/tmp") == "var/tmp"
+
+
+def test_the_plan_gives_tmp_only_when_missing() -> None:
+    wanted = [op for op in distribution_plan(layout())
+              if isinstance(op, mounts.Directory) and op.path == f"{ROOT}/tmp"]  # fmt: skip
+    assert wanted == [mounts.Directory(f"{ROOT}/tmp", 0o1777, keep_existing=True)]

@@ -141,9 +141,16 @@ class Symlink:
 class Directory:
     path: str
     mode: int
+    keep_existing: bool = False  # a path already there (a directory, a link) is the tree's
 
     def describe(self) -> str:
-        return f"mkdir {self.path} mode={self.mode:o}"
+        missing = " if missing" if self.keep_existing else ""
+        return f"mkdir {self.path} mode={self.mode:o}{missing}"
+
+    def needed(self) -> bool:
+        """False for a path to keep that is there already (even a symlink, which the plan's
+        guard would refuse to make anything at, and nothing is made)."""
+        return not (self.keep_existing and os.path.lexists(self.path))
 
     def apply(self) -> None:
         _mkdir(self.path, self.mode)
@@ -181,8 +188,9 @@ def host_view_plan(staging: str, vm_mounts: tuple[str, ...]) -> list[Operation]:
 def distribution_plan(layout: RootLayout) -> list[Operation]:
     """The mounts of a distribution's root, in order, all below *layout.root*.
 
-    /tmp is not among them: as in WSL it is the distribution's own directory, on its disk,
-    unless its /etc/fstab (init runs `mount -a`) or its systemd mounts something there."""
+    /tmp is not mounted: as in WSL it is the distribution's own directory, on its disk,
+    unless its /etc/fstab (init runs `mount -a`) or its systemd mounts something there. A
+    tree that has none (a bare archive) gets one, since every program expects it."""
     root = layout.root
     dev = f"{root}/dev"
     plan: list[Operation] = [
@@ -222,6 +230,7 @@ def distribution_plan(layout: RootLayout) -> list[Operation]:
         Directory(f"{root}/run/lock", 0o1777),
         Directory(f"{root}/run/user", 0o755),
         Mount(layout.shared_dir, f"{root}/mnt/wsl", None, sc.MS_BIND | sc.MS_REC),
+        Directory(f"{root}/tmp", 0o1777, keep_existing=True),
     ]
     return plan
 
@@ -258,6 +267,8 @@ def check_inside(root: str, path: str) -> None:
 
 def apply_plan(plan: list[Operation], root: str, log: list[str] | None = None) -> None:
     for operation in plan:
+        if isinstance(operation, Directory) and not operation.needed():
+            continue
         check_inside(root, _where(operation))
         if log is not None:
             log.append(operation.describe())
