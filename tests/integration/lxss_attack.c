@@ -330,9 +330,12 @@ static int hold_as(const char *path, int uid, int per_uid, int out) {
         setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
         char reply[4096] = {0};
         ssize_t n = -1;
-        if (connect(s, (struct sockaddr *)&address, sizeof address) == 0 &&
-            send(s, call, sizeof call, MSG_NOSIGNAL) == (ssize_t)sizeof call)
+        /* The service may refuse a connection before reading a byte of it: the send then
+         * fails with EPIPE, and its ServiceBusy is still there to read (as lxss reads it). */
+        if (connect(s, (struct sockaddr *)&address, sizeof address) == 0) {
+            send(s, call, sizeof call, MSG_NOSIGNAL);
             n = recv(s, reply, sizeof reply - 1, 0);
+        }
         if (n > 0 && strstr(reply, "ServiceBusy") == NULL) {
             held++; /* kept open */
         } else if (n > 0) {
