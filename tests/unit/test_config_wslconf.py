@@ -371,3 +371,21 @@ def test_hostname_prefers_wsl_conf_and_sanitises_the_fallback() -> None:
     assert WslConf(network_hostname="box_1").hostname("host") == "box1"
     assert WslConf().hostname("My_PC") == "MyPC"
     assert WslConf(network_hostname="").hostname("host") == "localhost"
+
+
+def test_no_key_the_guest_reads_is_documented_as_not_acted_on() -> None:
+    """The manual marks WSL_CONF_NOT_ACTED_ON keys as read but ignored: a key that a guest
+    role reads (`conf.<section>_<key>`) must not be among them."""
+    import re
+    from pathlib import Path
+
+    from lxss.config import wslconf
+
+    def attribute(key: str) -> str:
+        section, _, name = key.partition(".")
+        snake = re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+        return f"{section}_{snake}"
+
+    guest = Path(wslconf.__file__).parents[1] / "guest"
+    read = {m for f in guest.glob("*.py") for m in re.findall(r"conf\.([a-z_]+)", f.read_text())}
+    assert {attribute(k.name) for k in wslconf.WSL_CONF_NOT_ACTED_ON} & read == set()
