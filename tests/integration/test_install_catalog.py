@@ -358,6 +358,50 @@ def test_from_file_installs_a_local_image(world: Env, images: dict[str, bytes]) 
     assert_fails(world.lxss("--install", "x", "--from-file", str(image)), "--from-file")
 
 
+def _named_image(work: Path, default_name: str) -> Path:
+    """A small .wsl image whose /etc/wsl-distribution.conf suggests *default_name*."""
+    root = busybox_root(work / "root-named")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/marker").write_text("named\n")
+    (root / "etc/wsl-distribution.conf").write_text(f"[oobe]\ndefaultName = {default_name}\n")
+    image = work / "Plain-File.wsl"
+    subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-czf", str(image), "."],
+                   check=True)  # fmt: skip
+    shutil.rmtree(root)
+    return image
+
+
+def test_from_file_takes_the_images_default_name(world: Env, images: dict[str, bytes]) -> None:
+    image = _named_image(world.cache, "Named-By-Image")
+    result = world.lxss("--install", "--from-file", str(image), "--no-launch")
+    assert result.returncode == 0, str(result)
+    assert "Installed 'Named-By-Image'" in result.out, str(result)
+    assert _marker(world, "Named-By-Image") == "named"
+    assert "Plain-File" not in names(world.service)
+    # --name wins; a taken file name does not matter while the image's own name is free.
+    world.service.ok("--unregister", "Named-By-Image")
+    world.lxss("--install", "--from-file", str(image), "--name", "Plain-File", "--no-launch")
+    assert _marker(world, "Plain-File") == "named"
+    again = world.lxss("--install", "--from-file", str(image), "--no-launch", "-q")
+    assert again.returncode == 0, str(again)
+    assert {"Plain-File", "Named-By-Image"} <= set(names(world.service))
+    # The suggested name is taken now: refused, nothing left behind.
+    trees = world.tree_count()
+    taken = world.lxss("--install", "--from-file", str(image), "--no-launch", "-q")
+    assert_fails(taken, "'Named-By-Image' already exists")
+    assert world.tree_count() == trees
+    assert not [row for row in registry_rows(world.service) if "installing-" in str(row)]
+
+
+def test_from_file_refuses_an_invalid_default_name(world: Env, images: dict[str, bytes]) -> None:
+    image = _named_image(world.cache, "not valid!")
+    trees = world.tree_count()
+    result = world.lxss("--install", "--from-file", str(image), "--no-launch", "-q")
+    assert_fails(result, "invalid distribution name 'not valid!'")
+    assert world.tree_count() == trees
+    assert "Plain-File" not in names(world.service)
+
+
 def test_downloads_go_through_the_users_proxy(world: Env, images: dict[str, bytes]) -> None:
     world.set_catalogs(_main_catalog(world, images))
     Proxy.seen.clear()

@@ -103,6 +103,16 @@ def test_names_are_unique_per_user_case_insensitively(db: Registry) -> None:
     assert [d.name for d in db.distributions(BOB)] == ["debian"]
 
 
+def test_rename_keeps_names_unique(db: Registry) -> None:
+    install(db, "Debian")
+    guid = install(db, "placeholder")
+    with pytest.raises(NameTaken):
+        db.rename(guid, "DEBIAN")
+    db.rename(guid, "Ubuntu")
+    assert db.find(ALICE, "ubuntu") == db.get(guid)
+    assert db.find(ALICE, "placeholder") is None
+
+
 def test_find_by_name_or_guid_for_its_owner_only(db: Registry) -> None:
     guid = install(db, "Debian")
     for key in ("Debian", "debian", "DEBIAN", guid, guid.upper(), "{" + guid + "}"):

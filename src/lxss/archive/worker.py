@@ -203,10 +203,11 @@ def unpack(options: dict[str, str | bool]) -> dict[str, Any]:
 
 def _unpacked(warnings: list[str], report: Any) -> dict[str, Any]:
     release = read_os_release()
-    # Read at install, as WSL does: whether to make a shortcut.
+    # Read at install, as WSL does: whether to make a shortcut, the name it suggests.
     distribution_conf, _ = read_wsl_distribution_conf()
     return {
         "shortcut": distribution_conf.shortcut_enabled,
+        "defaultName": distribution_conf.oobe_default_name,
         "warnings": warnings,
         "files": report.files,
         "bytes": report.bytes,

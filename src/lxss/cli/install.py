@@ -77,18 +77,23 @@ class InstallTarget:
         builtin: str | None = None,
         stream_fd: int | None = None,
         progress_fd: int | None = None,
+        image_names_itself: bool = False,
     ) -> str:
         """Register an archive (a path, opened here as the user), a built-in, or the archive
         read from `stream_fd` (lent: the caller closes it) under the user's name or
         `default_name`; returns the name registered. As an install (not an import) it runs
         the image's first-run setup at its first shell and, on a desktop, adds the shortcut
-        its /etc/wsl-distribution.conf asks for."""
-        name = self.name or default_name
+        its /etc/wsl-distribution.conf asks for. `image_names_itself`: without a name from
+        the user, that file's [oobe] defaultName wins over `default_name` (as WSL names a
+        `--from-file` install)."""
+        extra = {"nameFromImage": True} if image_names_itself and self.name is None else None
         with connect() as client:
-            reply = commands.register(client, name, self.version, self.location,
-                                      archive=archive, builtin=builtin, for_uid=self.for_uid,
-                                      stream_fd=stream_fd, quiet=self.quiet, first_run=True,
+            reply = commands.register(client, self.name or default_name, self.version,
+                                      self.location, archive=archive, builtin=builtin,
+                                      for_uid=self.for_uid, stream_fd=stream_fd, extra=extra,
+                                      quiet=self.quiet, first_run=True,
                                       progress_fd=progress_fd)  # fmt: skip
+        name = str(reply["name"])
         if reply.get("shortcut") and self.for_uid is None:
             _make_shortcut(name)
         return name
@@ -213,10 +218,11 @@ def default_name_of_file(path: str) -> str:
 
 
 def install_file(source: str, target: InstallTarget) -> str:
-    """--from-file FILE: a local .wsl image or rootfs tarball, as --import reads one."""
+    """--from-file FILE: a local .wsl image or rootfs tarball, as --import reads one, named
+    (without --name) as its /etc/wsl-distribution.conf suggests, else after the file."""
     if source == "-":
         raise CommandError("--from-file needs a file; to read stdin use: lxss --import NAME DIR -")
-    return target.register(default_name_of_file(source), archive=source)
+    return target.register(default_name_of_file(source), archive=source, image_names_itself=True)
 
 
 def manage_distribution(request: Management, for_uid: int | None) -> int:

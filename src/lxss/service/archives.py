@@ -44,6 +44,7 @@ class UnpackResult:
     is_linux: bool
     default_uid: int | None = None  # an image's User, resolved in its /etc/passwd
     shortcut: bool = True  # /etc/wsl-distribution.conf [shortcut] enabled
+    default_name: str | None = None  # /etc/wsl-distribution.conf [oobe] defaultName
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ def _out_of_memory(group: Cgroup) -> bool:
 
 def _unpack_result(report: dict[str, Any]) -> UnpackResult:
     uid = report.get("defaultUid")
+    name = report.get("defaultName")
     return UnpackResult(
         warnings=[str(w) for w in report.get("warnings", [])],
         os_id=str(report.get("osId", "")),
@@ -143,6 +145,7 @@ def _unpack_result(report: dict[str, Any]) -> UnpackResult:
         is_linux=bool(report.get("isLinux")),
         default_uid=uid if isinstance(uid, int) and 0 <= uid <= 65535 else None,
         shortcut=bool(report.get("shortcut", True)),
+        default_name=name if isinstance(name, str) else None,
     )
 
 

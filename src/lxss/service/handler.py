@@ -145,6 +145,7 @@ class ServiceHandler:
                 call.parameters.get("image"),
                 first_run=bool(call.parameters.get("firstRun")),
                 progress_fd=progress,
+                name_from_image=bool(call.parameters.get("nameFromImage")),
             )
         finally:
             for fd in (archive, location, progress):

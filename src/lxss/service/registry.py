@@ -331,6 +331,16 @@ class Registry:
         if flags is not None:
             self._db.execute("UPDATE distributions SET flags = ? WHERE guid = ?", (flags, guid))
 
+    def rename(self, guid: str, name: str) -> None:
+        """Give a distribution another name; NameTaken if its owner already uses it."""
+        try:
+            self._db.execute(
+                "UPDATE distributions SET name = ?, name_key = ? WHERE guid = ?",
+                (name, name.lower(), guid),
+            )
+        except sqlite3.IntegrityError:
+            raise NameTaken(name) from None
+
     def set_first_run(self, guid: str, pending: bool) -> None:
         if pending:
             self._db.execute("INSERT OR IGNORE INTO first_run (guid) VALUES (?)", (guid,))

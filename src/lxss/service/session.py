@@ -213,11 +213,13 @@ class UserSession:
         image: dict[str, Any] | None = None,
         first_run: bool = False,
         progress_fd: int | None = None,
+        name_from_image: bool = False,
     ) -> tuple[Distribution, archives.UnpackResult]:
         """Install a distribution from an archive, a container image's layers or a built-in
         source. *first_run*: run its /etc/wsl-distribution.conf [oobe] command at the first
         interactive launch (an install does, an import does not, as in WSL). *progress_fd*:
-        where a build says how it is getting on."""
+        where a build says how it is getting on. *name_from_image*: registered under the
+        image's [oobe] defaultName when it has one (*name* holds the place until then)."""
         if not registry.valid_name(name):
             raise errors.InvalidDistributionName(name=name)
         if (archive_fd is None) == (builtin is None):
@@ -237,11 +239,14 @@ class UserSession:
         version = version or self.registry.user(self.uid).default_version
         self.check_version(version)
         async with self._lock:
-            if self.registry.find(self.uid, name) is not None:
-                raise errors.DistroNameAlreadyExists(name=name)
             guid = registry.new_guid()
+            held = name
+            if self.registry.find(self.uid, name) is not None:
+                if not name_from_image:
+                    raise errors.DistroNameAlreadyExists(name=name)
+                held = f"installing-{guid}"  # the image may name itself: know it first
             base, identity = self._prepare_location(guid, location_fd)
-            record = registry.new_distribution(name, self.uid, base, True, version, guid, identity)
+            record = registry.new_distribution(held, self.uid, base, True, version, guid, identity)
             try:
                 self.registry.begin_install(record)
             except BaseException as e:
@@ -263,6 +268,10 @@ class UserSession:
                 result = await archives.unpack_builtin(jail, builtin, base)
             if not result.is_linux:
                 raise errors.NotALinuxDistribution()
+            if name_from_image:
+                name = result.default_name or name
+            if name != held:
+                self._rename_installing(guid, name)
             if result.default_uid is not None:
                 self.registry.configure(guid, result.default_uid, None)
             if first_run:
@@ -279,6 +288,16 @@ class UserSession:
         installed = self.registry.get(guid)
         assert installed is not None
         return installed, result
+
+    def _rename_installing(self, guid: str, name: str) -> None:
+        """Give the distribution being installed its final name (the one its image
+        suggests, or the one asked for when that was taken while it held another)."""
+        if not registry.valid_name(name):
+            raise errors.InvalidDistributionName(name=name)
+        try:
+            self.registry.rename(guid, name)
+        except registry.NameTaken:
+            raise errors.DistroNameAlreadyExists(name=name) from None
 
     async def _unpack_build(
         self,
