@@ -8,7 +8,9 @@ whiteout and making a directory opaque.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import pwd
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -330,3 +332,42 @@ def test_import_from_a_fifo_is_still_a_plain_tarball(service: Service, scratch: 
         )
     finally:
         service.ok("--unregister", "from-fifo")
+
+
+def test_an_installed_image_runs_its_first_run_setup_and_gets_a_shortcut(
+    service: Service, test_users: tuple[str, str], scratch: Path
+) -> None:
+    """As a catalog install does: the image's /etc/wsl-distribution.conf [oobe] command
+    runs once, before the first shell, and a desktop gets its entry; an --import of the
+    same image runs nothing."""
+    root = busybox_root(scratch / "oobe-root")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/wsl-distribution.conf").write_text(
+        "[oobe]\ncommand = echo ran >> /oobe-runs; echo first-run-done\n"
+    )
+    image = build_layout(scratch / "oobe-layout", [(tar_of_tree(root), "gzip")], {})
+    user = test_users[1]
+    entry = Path(pwd.getpwnam(user).pw_dir) / ".local/share/applications/lxss-oci-oobe.desktop"
+    with contextlib.suppress(FileNotFoundError):
+        entry.unlink()
+    source = f"oci:{image.layout}:{image.tag}"
+    service.ok("--install", source, "--name", "oci-oobe", "--no-launch", "-q", user=user,
+               env={"XDG_CURRENT_DESKTOP": "test"}, timeout=300)  # fmt: skip
+    try:
+        assert "-d oci-oobe" in entry.read_text()
+        first = service.ok("-d", "oci-oobe", input=b"echo shell\n", user=user)
+        assert first.out.splitlines() == ["first-run-done", "shell"], str(first)
+        second = service.ok("-d", "oci-oobe", input=b"echo shell\n", user=user)
+        assert second.out.splitlines() == ["shell"], str(second)
+        archive = scratch / "oobe.oci-archive.tar"
+        skopeo(source, f"oci-archive:{archive}:lxss/oobe:1")
+        service.ok("--import", "oci-oobe-imp", str(scratch / "oobe-imp"), str(archive),
+                   timeout=300)  # fmt: skip
+        try:
+            imported = service.ok("-d", "oci-oobe-imp", input=b"echo shell\n")
+            assert imported.out == "shell\n", str(imported)
+        finally:
+            service.ok("--unregister", "oci-oobe-imp")
+    finally:
+        service.ok("--unregister", "oci-oobe", user=user)
+    assert not entry.exists()

@@ -121,8 +121,10 @@ def register_image(
     for_uid: int | None,
     source_and_image: tuple[BlobSource, ResolvedImage] | None = None,
     quiet: bool = False,
+    first_run: bool = False,
 ) -> dict[str, Any]:
-    """Register the image *text* names as distribution *name*."""
+    """Register the image *text* names as distribution *name*; *first_run*: an install,
+    whose /etc/wsl-distribution.conf first-run setup runs at its first shell."""
     from lxss.cli.progress import Progress
 
     source, image = source_and_image or open_source(text)
@@ -130,7 +132,8 @@ def register_image(
     layers = f"{len(image.layers)} layer{'s' if len(image.layers) > 1 else ''}"
     try:
         with Progress(f"{text} ({layers})", total, quiet=quiet) as progress:
-            return _register(client, source, image, name, version, location, for_uid, progress)
+            return _register(client, source, image, name, version, location, for_uid, progress,
+                             first_run)  # fmt: skip
     finally:
         source.close()
 
@@ -144,6 +147,7 @@ def _register(
     location: str | None,
     for_uid: int | None,
     progress: Progress,
+    first_run: bool,
 ) -> dict[str, Any]:
     from lxss.oci import layer_stream
 
@@ -161,6 +165,7 @@ def _register(
                 "image": layer_stream.image_value(image.config),
             },
             for_uid=for_uid,
+            first_run=first_run,
         )
     except BaseException:
         os.close(read_end)  # unblocks the writer if the service stopped early
@@ -217,7 +222,9 @@ def _said_as_command_errors() -> Iterator[None]:
 
 def install_image(source: str, target: InstallTarget) -> str:
     """`lxss --install docker://...` (and oci:, oci-archive:, docker-archive:): an
-    installer of lxss.cli.install's table. Returns the name registered."""
+    installer of lxss.cli.install's table. Returns the name registered. An install as a
+    catalog's is: its first-run setup and desktop shortcut as its
+    /etc/wsl-distribution.conf says, named after its repository (the catalog's name)."""
     from lxss.cli.service import connect
     from lxss.oci.reference import parse
 
@@ -225,9 +232,10 @@ def install_image(source: str, target: InstallTarget) -> str:
         ref = parse(source)
         name = target.name or default_image_name(ref.repository or ref.path)
         with connect() as client:
-            register_image(client, source, name, target.version, target.location,
-                           target.for_uid, quiet=target.quiet)  # fmt: skip
-    return name
+            reply = register_image(client, source, name, target.version, target.location,
+                                   target.for_uid, quiet=target.quiet,
+                                   first_run=True)  # fmt: skip
+    return target.registered(reply)
 
 
 def default_image_name(repository_or_path: str) -> str:

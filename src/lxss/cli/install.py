@@ -27,6 +27,7 @@ from lxss.cli.service import connect
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     Installer = Callable[[str, "InstallTarget"], str]
 
@@ -93,6 +94,11 @@ class InstallTarget:
                                       for_uid=self.for_uid, stream_fd=stream_fd, extra=extra,
                                       quiet=self.quiet, first_run=True,
                                       progress_fd=progress_fd)  # fmt: skip
+        return self.registered(reply)
+
+    def registered(self, reply: dict[str, Any]) -> str:
+        """The name an install's RegisterDistribution *reply* registered, once the desktop
+        shortcut it asks for is made (for the user's own distributions only)."""
         name = str(reply["name"])
         if reply.get("shortcut") and self.for_uid is None:
             _make_shortcut(name)
