@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from typing import Any
 
 import pytest
-from conftest import Service
+from conftest import REPO, Service
 from mgmt import call
-from security_support import call_with_fds
+from security_support import call_with_fds, run_as
 
 EDGES = (-(2**63), -(2**31) - 1, -1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64)
 
@@ -81,3 +82,48 @@ def test_a_directory_as_the_archive(service: Service, test_users: tuple[str, str
     )  # fmt: skip
     _no_internal_error(reply, "a directory as the archive")
     assert "error" in reply, reply
+
+
+@pytest.mark.parametrize(
+    ("method", "opened", "parameters"),
+    [
+        ("ExportDistribution", ("/tmp", os.O_RDONLY), {"file": 0, "format": "tar"}),
+        ("ExportDistribution", ("/tmp", os.O_PATH), {"file": 0, "format": "tar"}),
+        ("ExportDistribution", ("/dev/null", os.O_RDONLY), {"file": 0, "format": "tar"}),
+        ("RegisterDistribution", ("/tmp", os.O_PATH), {"progress": 0, "builtin": "busybox"}),
+    ],
+    ids=["export-into-a-directory", "export-into-o-path", "export-into-read-only",
+         "progress-o-path"],
+)  # fmt: skip
+def test_descriptors_that_cannot_be_written(
+    service: Service, test_users: tuple[str, str], method: str, opened: tuple[str, int],
+    parameters: dict[str, Any],
+) -> None:  # fmt: skip
+    """An export's file or a build's progress that cannot be written to is refused when the
+    call arrives (the archive worker crashed on a directory with IsADirectoryError)."""
+    named = {"distribution": "no-such"} if method == "ExportDistribution" else {"name": "fd"}
+    reply = call_with_fds(service, test_users[0], method, [opened], **named, **parameters)
+    assert reply.get("error") == "io.lxss.Service.InvalidArgument", reply
+    assert reply["parameters"]["parameter"] in parameters, reply  # type: ignore[index]
+
+
+def test_fuzz_target_against_the_service(
+    fresh_service: Service, test_users: tuple[str, str]
+) -> None:
+    """tests/fuzz/fuzz_varlink_params.py, as a user, against a real lxssd: its seeds (the
+    values above, descriptors of every kind where files are expected), then a minute of
+    generated calls of every method. It asserts itself that no reply is InternalError and
+    that the service answers after each call."""
+    user = test_users[1]
+    target = REPO / "tests" / "fuzz" / "fuzz_varlink_params.py"
+    socket_path = str(fresh_service.runtime_dir / "lxssd.sock")
+    fuzz = run_as(user, sys.executable, str(target), "--socket", socket_path, "--budget", "60",
+                  timeout=900)  # fmt: skip
+    assert fuzz.returncode == 0, fuzz.stderr.decode(errors="replace")[-5000:]
+    assert b"seed inputs ok" in fuzz.stderr and b"generated calls ok" in fuzz.stderr
+    # Nothing crashed on the way to those answers (an archive worker's traceback, say).
+    crashes = [line for line in fresh_service.log_text().splitlines()
+               if "Traceback" in line or " ERROR " in line]  # fmt: skip
+    assert not crashes, "\n".join(crashes)
+    fresh_service.lxss("--unregister", "fuzz", user=user)
+    fresh_service.lxss("--unregister", "fuzz-2", user=user)

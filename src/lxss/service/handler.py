@@ -31,15 +31,18 @@ if TYPE_CHECKING:
 _OWNER_CACHE = 65536  # entries: more than a few users' distributions ever connect from
 
 
-def _check_archive_fd(fd: int) -> None:
-    """Refuse an archive descriptor nothing can be read from (any Varlink client may send
-    one): a directory, or one opened for writing only or O_PATH."""
+def _check_stream_fd(fd: int, parameter: str, writing: bool) -> None:
+    """Refuse a descriptor that cannot be read from (an archive) or written to (an export's
+    file, a build's progress), as any Varlink client may send one: a directory, one opened
+    for the other direction only, or O_PATH (an answer now, not a worker's crash later)."""
     mode = os.fstat(fd).st_mode
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    access = fcntl.fcntl(fd, fcntl.F_GETFL)
+    unusable = os.O_RDONLY if writing else os.O_WRONLY
     if stat.S_ISDIR(mode):
-        raise errors.InvalidArgument(parameter="archive", reason="a directory, not an archive")
-    if flags & os.O_ACCMODE == os.O_WRONLY or flags & getattr(os, "O_PATH", 0):
-        raise errors.InvalidArgument(parameter="archive", reason="not open for reading")
+        raise errors.InvalidArgument(parameter=parameter, reason="a directory, not a file")
+    if access & os.O_ACCMODE == unusable or access & getattr(os, "O_PATH", 0):
+        reason = "not open for writing" if writing else "not open for reading"
+        raise errors.InvalidArgument(parameter=parameter, reason=reason)
 
 
 class ServiceHandler:
@@ -124,7 +127,9 @@ class ServiceHandler:
         archive, location, progress = taken["archive"], taken["location"], taken["progress"]
         try:
             if archive is not None:
-                _check_archive_fd(archive)
+                _check_stream_fd(archive, "archive", writing=False)
+            if progress is not None:
+                _check_stream_fd(progress, "progress", writing=True)
             if call.parameters.get("inPlace"):
                 if location is None or archive is not None or call.parameters.get("builtin"):
                     raise errors.InvalidArgument(
@@ -197,6 +202,7 @@ class ServiceHandler:
         if out is None:
             raise errors.InvalidParameter(parameter="file")
         try:
+            _check_stream_fd(out, "file", writing=True)
             warnings = await session.export(
                 call.parameters["distribution"], out, call.parameters["format"]
             )
