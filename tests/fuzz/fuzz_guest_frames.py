@@ -23,7 +23,6 @@ import os
 import struct
 import sys
 import tempfile
-import time
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +34,9 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 SEED_CORPUS = HERE / "corpus" / "guest_frames"
 sys.path.insert(0, str(HERE.parents[1] / "src"))  # runnable from a checkout without installing
+sys.path.insert(0, str(HERE))  # budget.py, also when loaded from elsewhere
+
+from budget import run_batches  # noqa: E402
 
 from lxss.protocol import messages  # noqa: E402
 from lxss.protocol.codec import TYPE_NAMES  # noqa: E402
@@ -230,7 +232,6 @@ def fuzz_with_hypothesis(budget: float, corpus: Path) -> int:
     """Generate and mutate inputs until `budget` seconds are spent; returns the batches run.
     A failing input raises once hypothesis has shrunk it."""
     # Imported here: atheris.instrument_all() would otherwise spend its start-up on hypothesis.
-    from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
     corpus_seeds = [path.read_bytes() for path in sorted(corpus.iterdir()) if path.is_file()]
@@ -246,19 +247,7 @@ def fuzz_with_hypothesis(budget: float, corpus: Path) -> int:
         st.sampled_from(corpus_seeds).flatmap(_mutations), framed, st.binary(max_size=1024)
     )
 
-    @settings(
-        max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-    )
-    @given(inputs)
-    def batch(data: bytes) -> None:
-        test_one_input(data)
-
-    end = time.monotonic() + budget
-    batches = 0
-    while time.monotonic() < end:
-        batch()
-        batches += 1
-    return batches
+    return run_batches(inputs, test_one_input, budget)
 
 
 def _mutations(seed: bytes) -> st.SearchStrategy[bytes]:

@@ -22,16 +22,17 @@ import os
 import re
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 HERE = Path(__file__).resolve().parent
 SEED_CORPUS = HERE / "corpus" / "wsl_conf"
 sys.path.insert(0, str(HERE.parents[1] / "src"))  # runnable from a checkout without installing
+sys.path.insert(0, str(HERE))  # budget.py, also when loaded from elsewhere
+
+from budget import run_batches  # noqa: E402
 
 from lxss.config import lxssconf, syntax, wslconf  # noqa: E402
 
@@ -131,22 +132,7 @@ def fuzz_with_hypothesis(budget: float, corpus: Path) -> int:
         st.binary(max_size=2048),
     )
 
-    @settings(
-        max_examples=200,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(inputs)
-    def batch(data: bytes) -> None:
-        test_one_input(data)
-
-    end = time.monotonic() + budget
-    batches = 0
-    while time.monotonic() < end:
-        batch()
-        batches += 1
-    return batches
+    return run_batches(inputs, test_one_input, budget)
 
 
 def _mutations(seed: bytes) -> st.SearchStrategy[bytes]:
