@@ -358,12 +358,20 @@ def test_from_file_installs_a_local_image(world: Env, images: dict[str, bytes]) 
     assert_fails(world.lxss("--install", "x", "--from-file", str(image)), "--from-file")
 
 
-def _named_image(work: Path, default_name: str) -> Path:
-    """A small .wsl image whose /etc/wsl-distribution.conf suggests *default_name*."""
+def _named_image(work: Path, default_name: str, conf: str = "",
+                 files: dict[str, bytes | str] | None = None) -> Path:  # fmt: skip
+    """A small .wsl image whose /etc/wsl-distribution.conf suggests *default_name* (and
+    holds *conf*), with *files* (a str: a symbolic link's target)."""
     root = busybox_root(work / "root-named")
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/marker").write_text("named\n")
-    (root / "etc/wsl-distribution.conf").write_text(f"[oobe]\ndefaultName = {default_name}\n")
+    (root / "etc/wsl-distribution.conf").write_text(f"[oobe]\ndefaultName = {default_name}\n{conf}")
+    for path, content in (files or {}).items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            (root / path).symlink_to(content)
+        else:
+            (root / path).write_bytes(content)
     image = work / "Plain-File.wsl"
     subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-czf", str(image), "."],
                    check=True)  # fmt: skip
@@ -400,6 +408,48 @@ def test_from_file_refuses_an_invalid_default_name(world: Env, images: dict[str,
     assert_fails(result, "invalid distribution name 'not valid!'")
     assert world.tree_count() == trees
     assert "Plain-File" not in names(world.service)
+
+
+def test_the_shortcut_shows_the_images_icon(world: Env, images: dict[str, bytes]) -> None:
+    data = world.cache / "data"
+    desktop = {"XDG_CURRENT_DESKTOP": "test", "XDG_DATA_HOME": str(data)}
+    icon = b"\x89PNG\r\n\x1a\n" + os.urandom(2000)
+    image = _named_image(world.cache, "Iconic", "[shortcut]\nicon = /usr/share/wsl/logo.png\n",
+                         {"usr/share/wsl/logo.png": icon})  # fmt: skip
+    result = world.lxss("--install", "--from-file", str(image), "--no-launch", env=desktop)
+    assert result.returncode == 0 and result.err == "", str(result)
+    entry = data / "applications/lxss-Iconic.desktop"
+    kept = data / "icons/lxss-Iconic.png"
+    assert f"Icon={kept}\n" in entry.read_text()
+    assert kept.read_bytes() == icon
+    world.lxss("--unregister", "iconic", env=desktop)
+    assert not entry.exists() and not kept.exists()
+
+
+def test_an_icon_outside_the_tree_or_too_large_is_left_out(
+    world: Env, images: dict[str, bytes]
+) -> None:
+    """The icon is read inside the new tree: a link to a host file finds nothing there."""
+    data = world.cache / "data"
+    desktop = {"XDG_CURRENT_DESKTOP": "test", "XDG_DATA_HOME": str(data)}
+    secret = world.cache / "host-secret.png"
+    secret.write_bytes(b"the host's own file")
+    for path, content, reason in (
+        ("usr/share/link.png", str(secret), "No such file or directory"),
+        ("usr/share/big.png", bytes(1 << 20) + b"!", "larger than 1 MiB"),
+    ):
+        image = _named_image(world.cache, "Iconless", f"[shortcut]\nicon = /{path}\n",
+                             {path: content})  # fmt: skip
+        result = world.lxss("--install", "--from-file", str(image), "--no-launch", env=desktop)
+        assert result.returncode == 0, str(result)
+        (warning,) = result.err.splitlines()
+        assert warning.startswith("lxss: warning: ") and f"icon '/{path}'" in warning, warning
+        assert reason in warning, warning
+        assert (
+            "Icon=utilities-terminal\n" in (data / "applications/lxss-Iconless.desktop").read_text()
+        )
+        assert not list((data / "icons").glob("lxss-Iconless.*"))
+        world.lxss("--unregister", "Iconless", env=desktop)
 
 
 def test_downloads_go_through_the_users_proxy(world: Env, images: dict[str, bytes]) -> None:

@@ -43,7 +43,7 @@ def test_real_interface_parses(service_interface: Interface) -> None:
         "SetDefaultDistribution",
         "CreateLxProcess",
     } <= declared
-    assert set(interface.types) == {"Distribution", "Layer", "ImageConfig"}
+    assert set(interface.types) == {"Distribution", "Layer", "ImageConfig", "ShortcutIcon"}
 
 
 def test_every_declared_error_has_a_class(service_interface: Interface) -> None:

@@ -19,6 +19,7 @@ success, 1 a failure the report explains, anything else a crash (stderr).
 
 from __future__ import annotations
 
+import base64
 import errno
 import io
 import json
@@ -30,7 +31,7 @@ import sys
 import threading
 from typing import IO, Any
 
-from lxss.archive import formats, image, layers
+from lxss.archive import formats, icon, image, layers
 from lxss.archive.pack import Packer
 from lxss.archive.unpack import Unpacker, UnpackError, looks_like_linux, read_os_release
 from lxss.config.wslconf import read_wsl_distribution_conf
@@ -203,10 +204,19 @@ def unpack(options: dict[str, str | bool]) -> dict[str, Any]:
 
 def _unpacked(warnings: list[str], report: Any) -> dict[str, Any]:
     release = read_os_release()
-    # Read at install, as WSL does: whether to make a shortcut, the name it suggests.
+    # Read at install, as WSL does: whether to make a shortcut (with which icon), the name
+    # the image suggests.
     distribution_conf, _ = read_wsl_distribution_conf()
+    shortcut_icon = None
+    if distribution_conf.shortcut_enabled and distribution_conf.shortcut_icon:
+        found = icon.read_icon(distribution_conf.shortcut_icon)
+        if isinstance(found, str):
+            warnings = [*warnings, found]
+        else:
+            shortcut_icon = {"format": found[0], "data": base64.b64encode(found[1]).decode()}
     return {
         "shortcut": distribution_conf.shortcut_enabled,
+        "shortcutIcon": shortcut_icon,
         "defaultName": distribution_conf.oobe_default_name,
         "warnings": warnings,
         "files": report.files,

@@ -101,7 +101,7 @@ class InstallTarget:
         shortcut it asks for is made (for the user's own distributions only)."""
         name = str(reply["name"])
         if reply.get("shortcut") and self.for_uid is None:
-            _make_shortcut(name)
+            _make_shortcut(name, reply.get("shortcutIcon"))
         return name
 
 
@@ -201,13 +201,23 @@ def install_built(source: str, target: InstallTarget) -> str:
         reader.join(10.0)  # the service has closed its copy: the reader is at its end
 
 
-def _make_shortcut(name: str) -> None:
+def _make_shortcut(name: str, icon: dict[str, str] | None) -> None:
+    """The desktop entry of *name*, with the *icon* of a RegisterDistribution reply."""
     from lxss.cli import shortcut
 
     if not shortcut.has_desktop():
         return
+    image = None
+    if icon is not None:
+        import base64
+        import binascii
+
+        try:
+            image = (icon["format"], base64.b64decode(icon["data"], validate=True))
+        except (binascii.Error, KeyError, TypeError):
+            commands.warn([f"the service sent a desktop icon for '{name}' that is not base64"])
     try:
-        path = shortcut.create(name)
+        path = shortcut.create(name, image)
     except OSError as e:
         commands.warn([f"no desktop shortcut for '{name}': {e}"])
         return

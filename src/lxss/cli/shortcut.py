@@ -5,6 +5,9 @@ WSL adds a start-menu entry for a distribution it installs unless the image's
 desktop entry, ~/.local/share/applications/lxss-NAME.desktop, which opens a terminal in
 the distribution. It is written as the user, only when the user has a desktop
 (XDG_CURRENT_DESKTOP, DISPLAY or WAYLAND_DISPLAY set), and removed with the distribution.
+The icon `[shortcut] icon` names (read from the image by the service: lxss.archive.icon)
+is kept beside it as ~/.local/share/icons/lxss-NAME.EXT, as WSL keeps a copy of it beside
+the distribution, and removed with it too; without one the entry shows the terminal's icon.
 """
 
 from __future__ import annotations
@@ -22,9 +25,20 @@ def has_desktop(environ: dict[str, str] | None = None) -> bool:
     return any(env.get(name) for name in ("XDG_CURRENT_DESKTOP", "DISPLAY", "WAYLAND_DISPLAY"))
 
 
+ICON_FORMATS = ("png", "svg", "xpm", "ico")  # lxss.archive.icon.FORMATS
+DEFAULT_ICON = "utilities-terminal"
+
+
+def _data_home() -> str:
+    return os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+
+
 def path_for(name: str) -> str:
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
-    return os.path.join(data, "applications", f"lxss-{name}.desktop")
+    return os.path.join(_data_home(), "applications", f"lxss-{name}.desktop")
+
+
+def icon_path_for(name: str, kind: str) -> str:
+    return os.path.join(_data_home(), "icons", f"lxss-{name}.{kind}")
 
 
 def exec_quote(argument: str) -> str:
@@ -36,7 +50,13 @@ def exec_quote(argument: str) -> str:
     return f'"{inner}"'
 
 
-def desktop_entry(name: str, argv: list[str]) -> str:
+def string_value(text: str) -> str:
+    """A desktop entry's string value, with the specification's escapes."""
+    escapes = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return "".join(escapes.get(c, c) for c in text)
+
+
+def desktop_entry(name: str, argv: list[str], icon: str = DEFAULT_ICON) -> str:
     command = " ".join(exec_quote(arg) for arg in [*argv, "-d", name])
     return (
         "[Desktop Entry]\n"
@@ -45,21 +65,41 @@ def desktop_entry(name: str, argv: list[str]) -> str:
         f"Comment=A shell in the lxss distribution {name}\n"
         f"Exec={command}\n"
         "Terminal=true\n"
-        "Icon=utilities-terminal\n"
+        f"Icon={string_value(icon)}\n"
         "Categories=System;TerminalEmulator;\n"
     )
 
 
-def create(name: str) -> str:
-    """Write the entry; its path. OSError when it cannot be written."""
+def create(name: str, icon: tuple[str, bytes] | None = None) -> str:
+    """Write the entry, and *icon* (format, content) when given; the entry's path. OSError
+    when they cannot be written."""
     lxss = shutil.which("lxss")
     path = path_for(name)
+    _remove_icons(name)  # an earlier distribution of this name may have had another
+    shown = DEFAULT_ICON
+    if icon is not None and icon[0] in ICON_FORMATS:
+        shown = icon_path_for(name, icon[0])
+        _write(shown, icon[1], 0o644)
+    _write(path, desktop_entry(name, [lxss] if lxss else lxss_argv(), shown).encode(), 0o644)
+    return path
+
+
+def _write(path: str, content: bytes, mode: int) -> None:
+    """Replace *path* whole (a desktop never reads half a file)."""
     os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
     temporary = path + ".new"
-    with open(temporary, "w") as f:
-        f.write(desktop_entry(name, [lxss] if lxss else lxss_argv()))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    with open(fd, "wb") as f:
+        f.write(content)
     os.replace(temporary, path)
-    return path
+
+
+def _remove_icons(name: str) -> None:
+    for kind in ICON_FORMATS:
+        try:
+            os.unlink(icon_path_for(name, kind))
+        except FileNotFoundError:
+            pass
 
 
 def remove(name: str) -> None:
@@ -67,3 +107,4 @@ def remove(name: str) -> None:
         os.unlink(path_for(name))
     except FileNotFoundError:
         pass
+    _remove_icons(name)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from lxss.aio import communicate, kill_and_reap
-from lxss.archive import busybox
+from lxss.archive import busybox, icon
 from lxss.bootstrap import bootstrap_argv
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import spawn_mapped
@@ -45,6 +45,7 @@ class UnpackResult:
     default_uid: int | None = None  # an image's User, resolved in its /etc/passwd
     shortcut: bool = True  # /etc/wsl-distribution.conf [shortcut] enabled
     default_name: str | None = None  # /etc/wsl-distribution.conf [oobe] defaultName
+    shortcut_icon: dict[str, str] | None = None  # [shortcut] icon: format and base64 data
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,20 @@ def _unpack_result(report: dict[str, Any]) -> UnpackResult:
         default_uid=uid if isinstance(uid, int) and 0 <= uid <= 65535 else None,
         shortcut=bool(report.get("shortcut", True)),
         default_name=name if isinstance(name, str) else None,
+        shortcut_icon=_shortcut_icon(report.get("shortcutIcon")),
     )
+
+
+def _shortcut_icon(value: Any) -> dict[str, str] | None:
+    """The worker's icon, passed on only in the shape and size the interface promises."""
+    if not isinstance(value, dict):
+        return None
+    kind, data = value.get("format"), value.get("data")
+    if kind not in icon.FORMATS or not isinstance(data, str):
+        return None
+    if len(data) > (icon.MAX_ICON + 2) // 3 * 4:
+        return None
+    return {"format": kind, "data": data}
 
 
 async def unpack_archive(jail: Jail, archive_fd: int, base_path: str) -> UnpackResult:

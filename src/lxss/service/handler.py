@@ -161,6 +161,7 @@ class ServiceHandler:
             "name": distribution.name,
             "warnings": result.warnings,
             "shortcut": result.shortcut,
+            "shortcutIcon": result.shortcut_icon,
         }
 
     async def UnregisterDistribution(self, call: Call) -> dict[str, Any]:
