@@ -14,6 +14,7 @@ from lxss.config.lxssconf import (
     NetworkingMode,
     load_lxss_config,
     read_catalog_urls,
+    read_distribution_limit,
     read_lxss_config,
 )
 
@@ -46,6 +47,7 @@ def test_keys() -> None:
         "general.distributionListUrl",
         "general.distributionListUrlAppend",
         "security.rootDistributionsMapped",
+        "security.maxDistributionsPerUser",
     ]
 
 
@@ -309,3 +311,24 @@ def test_root_distributions_are_mapped_unless_the_machine_says_otherwise() -> No
     # the machine's choice).
     config, _ = load_lxss_config(None, "/etc/lxss.conf", machine, "/root/.lxssconfig", 1 << 34, 4)
     assert config.root_distributions_mapped is True
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "warned"),
+    [
+        (None, 256, False),
+        ("[security]\nmaxDistributionsPerUser = 3\n", 3, False),
+        ("[security]\nmaxDistributionsPerUser = 100000\n", 100000, False),
+        ("[security]\nmaxDistributionsPerUser = 0\n", 256, True),
+        ("[security]\nmaxDistributionsPerUser = many\n", 256, True),
+    ],
+)
+def test_distribution_limit_from_the_machines_file(
+    tmp_path: Path, text: str | None, limit: int, warned: bool
+) -> None:
+    path = tmp_path / "lxss.conf"
+    if text is not None:
+        path.write_text(text)
+    found, warnings = read_distribution_limit(str(path))
+    assert found == limit
+    assert bool(warnings) == warned, warnings

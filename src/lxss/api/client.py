@@ -58,8 +58,27 @@ class Client:
 
         The fds are only lent: the caller keeps and closes its copies.
         """
+        return self._call(method, parameters, fds, timeout, more=False)[0]
+
+    def call_more(
+        self, method: str, parameters: dict[str, Any] | None = None, timeout: float | None = 30.0
+    ) -> list[dict[str, Any]]:
+        """Call with Varlink's `more`: every reply's parameters, in order, until the one
+        that does not continue (each within *timeout*)."""
+        return self._call(method, parameters, (), timeout, more=True)
+
+    def _call(
+        self,
+        method: str,
+        parameters: dict[str, Any] | None,
+        fds: tuple[int, ...],
+        timeout: float | None,
+        more: bool,
+    ) -> list[dict[str, Any]]:
         name = method if "." in method else f"{INTERFACE}.{method}"
-        request = {"method": name, "parameters": {k: v for k, v in (parameters or {}).items()}}
+        request: dict[str, Any] = {"method": name, "parameters": dict(parameters or {})}
+        if more:
+            request["more"] = True
         try:
             self._send(wire.dumps(request), fds)
         except (BrokenPipeError, ConnectionResetError):
@@ -67,16 +86,20 @@ class Client:
             # when the caller holds too many): its reason is still there to be read, and
             # says more than "Broken pipe". Nothing there: "lxssd closed the connection".
             pass
-        reply = self._receive(timeout)
-        error = reply.get("error")
-        if error is not None:
-            from lxss.api import errors
+        replies = []
+        while True:
+            reply = self._receive(timeout)
+            error = reply.get("error")
+            if error is not None:
+                from lxss.api import errors
 
-            raise errors.from_reply(str(error), reply.get("parameters") or {})
-        parameters_out = reply.get("parameters") or {}
-        if not isinstance(parameters_out, dict):
-            raise wire.WireError("reply parameters are not an object")
-        return parameters_out
+                raise errors.from_reply(str(error), reply.get("parameters") or {})
+            parameters_out = reply.get("parameters") or {}
+            if not isinstance(parameters_out, dict):
+                raise wire.WireError("reply parameters are not an object")
+            replies.append(parameters_out)
+            if not (more and reply.get("continues") is True):
+                return replies
 
     def _send(self, data: bytes, fds: tuple[int, ...]) -> None:
         ancillary = (

@@ -58,12 +58,14 @@ VersionNotSupported = _service("VersionNotSupported")
 StartFailed = _service("StartFailed")
 LaunchFailed = _service("LaunchFailed")
 ServiceBusy = _service("ServiceBusy")
+TooManyDistributions = _service("TooManyDistributions")
 InternalError = _service("InternalError")
 
 InterfaceNotFound = _varlink("InterfaceNotFound")
 MethodNotFound = _varlink("MethodNotFound")
 MethodNotImplemented = _varlink("MethodNotImplemented")
 InvalidParameter = _varlink("InvalidParameter")
+ExpectedMore = _varlink("ExpectedMore")
 
 _BY_NAME: dict[str, type[VarlinkError]] = {
     cls.name: cls for cls in VarlinkError.__subclasses__() if cls.__module__ == __name__

@@ -39,6 +39,7 @@ error InterfaceNotFound (interface: string)
 error MethodNotFound (method: string)
 error MethodNotImplemented (method: string)
 error InvalidParameter (parameter: string)
+error ExpectedMore ()
 """
 
 
@@ -89,6 +90,7 @@ class Call:
     peer: Peer
     connection: Connection
     fds: list[int] = field(default_factory=list)
+    more: bool = False  # the caller takes several replies (Varlink's `more`)
 
     def take_fd(self, parameter: str) -> int | None:
         """The fd named by *parameter* (an index into the fds); the caller owns it now."""
@@ -118,6 +120,38 @@ class Call:
             if fd >= 0:
                 os.close(fd)
         self.fds = []
+
+
+@dataclass(frozen=True)
+class Replies:
+    """A method's answer in several replies (Varlink's `more`), each a reply's parameters.
+
+    A caller that asked for more gets them one by one, each but the last marked
+    `continues`; one that did not gets the only one, or ExpectedMore when there are
+    several (a single reply holding them all could be past what a client takes)."""
+
+    parts: list[dict[str, Any]]
+
+
+PAGE_BYTES = 256 << 10
+"""About how large a page of `paged` gets: well inside what a client takes (wire.MAX_MESSAGE)."""
+
+
+def paged(items: list[dict[str, Any]], key: str, common: dict[str, Any]) -> Replies:
+    """*items* as replies of `{key: [some items], **common}` of about PAGE_BYTES each (at
+    least one item per page; no items: one reply with an empty list)."""
+    parts: list[dict[str, Any]] = []
+    page: list[dict[str, Any]] = []
+    size = 0
+    for item in items:
+        item_size = len(wire.dumps(item))
+        if page and size + item_size > PAGE_BYTES:
+            parts.append({key: page, **common})
+            page, size = [], 0
+        page.append(item)
+        size += item_size
+    parts.append({key: page, **common})
+    return Replies(parts)
 
 
 Handler = Callable[[Call], Awaitable[dict[str, Any]]]
@@ -207,26 +241,31 @@ class Connection:
             parameters = request.get("parameters", {})
             if not isinstance(method, str) or not isinstance(parameters, dict):
                 raise wire.WireError("a call needs a method name and parameters")
-            call = Call(method, parameters, self.peer, self, fds)
+            call = Call(method, parameters, self.peer, self, fds, request.get("more") is True)
             fds = []
-            reply = await self.server.handle(call)
+            replies = await self.server.handle(call)
         except wire.WireError:
             for fd in fds:
                 os.close(fd)
             raise
         except errors.VarlinkError as e:
-            reply = {"error": e.name, "parameters": e.parameters}
+            replies = [{"error": e.name, "parameters": e.parameters}]
         finally:
             if call is not None:
                 call.close_fds()
         if call is not None and request.get("oneway"):
             return True
+        for reply in replies[:-1]:
+            await self._send({**reply, "continues": True})
+        await self._send(replies[-1])
+        return True
+
+    async def _send(self, reply: dict[str, Any]) -> None:
         # A client that stops reading its replies must not hold its connection forever.
         await asyncio.wait_for(
             asyncio.get_running_loop().sock_sendall(self.sock, wire.dumps(reply)),
             self.server.limits.message_timeout,
         )
-        return True
 
     def close(self) -> None:
         if self.closed:
@@ -374,10 +413,11 @@ class VarlinkServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle(self, call: Call) -> dict[str, Any]:
+    async def handle(self, call: Call) -> list[dict[str, Any]]:
+        """The replies to *call* (more than one only if it asked for more)."""
         interface_name, _, method = call.method.rpartition(".")
         if interface_name == VARLINK_SERVICE:
-            return {"parameters": self._varlink_service(method, call.parameters)}
+            return [{"parameters": self._varlink_service(method, call.parameters)}]
         if interface_name != self.interface.name:
             raise errors.InterfaceNotFound(interface=interface_name)
         spec = self.interface.methods.get(method)
@@ -396,7 +436,11 @@ class VarlinkServer:
         except Exception as e:
             log.exception("uid %d: %s failed", call.peer.uid, call.method)
             raise errors.InternalError(reason=f"{type(e).__name__}: {e}") from e
-        return {"parameters": result}
+        if not isinstance(result, Replies):
+            return [{"parameters": result}]
+        if len(result.parts) > 1 and not call.more:
+            raise errors.ExpectedMore()
+        return [{"parameters": part} for part in result.parts]
 
     def _varlink_service(self, method: str, parameters: dict[str, Any]) -> dict[str, Any]:
         spec = self._service_interface.methods.get(method)

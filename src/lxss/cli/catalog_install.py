@@ -135,11 +135,11 @@ def install_from_catalog(source: str, target: InstallTarget) -> str:
 def _refuse_a_taken_name(name: str, for_uid: int | None) -> None:
     """Fail before the download, not after it, when the name is taken (as WSL does); the
     service still decides at registration."""
-    from lxss.cli.service import connect
+    from lxss.cli.service import connect, registered_distributions
 
     with connect() as client:
-        reply = client.call("EnumerateDistributions", {"forUid": for_uid})
-    if any(d["name"].casefold() == name.casefold() for d in reply["distributions"]):
+        distributions = registered_distributions(client, for_uid)
+    if any(d["name"].casefold() == name.casefold() for d in distributions):
         raise CommandError(
             f"a distribution named '{name}' already exists; choose another with --name NAME"
         )

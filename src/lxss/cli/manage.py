@@ -16,6 +16,7 @@ from lxss.api.client import Client
 from lxss.cli import streams
 from lxss.cli.errors import CommandError
 from lxss.cli.parse import Management
+from lxss.cli.service import registered_distributions
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -313,8 +314,7 @@ def list_distributions(client: Client, options: dict[str, str | bool], for_uid: 
     )
     if verbose and quiet:
         raise CommandError("--verbose and --quiet cannot be combined")
-    reply = client.call("EnumerateDistributions", {"forUid": for_uid})
-    distributions: list[dict[str, Any]] = reply["distributions"]
+    distributions = registered_distributions(client, for_uid)
     # The default first, then in the order they were registered (as WSL lists them).
     distributions.sort(key=lambda d: not d["isDefault"])
     if running_only:
@@ -358,9 +358,8 @@ def status(client: Client, for_uid: int | None) -> int:
 def _registered_name(client: Client, name_or_guid: str, for_uid: int | None) -> str:
     """The name a distribution is registered under (the user may give another case or its
     GUID), for what lxss keeps beside it by name, such as its desktop shortcut."""
-    reply = client.call("EnumerateDistributions", {"forUid": for_uid})
     key = name_or_guid.strip("{}").lower()
-    for d in reply.get("distributions", []):
+    for d in registered_distributions(client, for_uid):
         if key in (str(d["name"]).lower(), str(d["guid"]).lower()):
             return str(d["name"])
     return name_or_guid

@@ -32,6 +32,11 @@ _TEXT = {
     "StartFailed": "'{distribution}' failed to start: {reason}",
     "LaunchFailed": "{reason}",
     "ServiceBusy": "lxssd is busy ({reason}); try again later",
+    "TooManyDistributions": (
+        "you have {count} distributions and this machine allows each user {limit} ([security]"
+        " maxDistributionsPerUser in /etc/lxss.conf): unregister one first"
+    ),
+    "ExpectedMore": "lxssd has more replies than this lxss takes (is lxss older than lxssd?)",
     "InternalError": "lxssd failed: {reason} (its log has the details)",
     "InvalidParameter": (
         "lxssd rejected the parameter '{parameter}' (are lxss and lxssd the same version?)"

@@ -11,6 +11,11 @@ from lxss.api.client import Client, socket_path
 from lxss.bootstrap import bootstrap_argv
 from lxss.errors import LxssError
 
+# typing costs ~10 ms to import: the client imports it only for type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 START_TIMEOUT = 15.0
 
 
@@ -99,3 +104,10 @@ def _service_running(runtime_dir: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def registered_distributions(client: Client, for_uid: int | None) -> list[dict[str, Any]]:
+    """Every distribution of the caller (or of *for_uid*), in the order they were
+    registered, however many replies they take (EnumerateDistributions with `more`)."""
+    replies = client.call_more("EnumerateDistributions", {"forUid": for_uid})
+    return [d for reply in replies for d in reply["distributions"]]

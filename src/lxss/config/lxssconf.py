@@ -80,6 +80,9 @@ DISTRIBUTION_LIST_URL_APPEND: Final = Key("general.distributionListUrlAppend", _
 # lxss: root's distributions run mapped to a subordinate range of root's (true), or with
 # their root as the host's root (false). The service reads it from the machine's file only.
 ROOT_DISTRIBUTIONS_MAPPED: Final = Key("security.rootDistributionsMapped", _BOOL, True)
+# lxss: the most distributions one user may register (a registration past it is refused).
+# From the machine's file only: a user's own file cannot raise it.
+MAX_DISTRIBUTIONS_PER_USER: Final = Key("security.maxDistributionsPerUser", _INT, 256)
 
 LXSS_CONF_SCHEMA: Final = Schema(
     (
@@ -98,6 +101,7 @@ LXSS_CONF_SCHEMA: Final = Schema(
         DISTRIBUTION_LIST_URL,
         DISTRIBUTION_LIST_URL_APPEND,
         ROOT_DISTRIBUTIONS_MAPPED,
+        MAX_DISTRIBUTIONS_PER_USER,
     )
 )
 
@@ -143,6 +147,11 @@ LXSS_CONF_DOCS: Final = {
         "Whether root's distributions run mapped to a subordinate range of root's (true: "
         "their root is an unprivileged id on the host) or with the host's root as theirs "
         "(false). Read from /etc/lxss.conf only (lxss's own key)."
+    ),
+    MAX_DISTRIBUTIONS_PER_USER: (
+        "The most distributions one user may register; the next --import, --install or "
+        "--import-in-place is refused. At least 1. Read from /etc/lxss.conf only, at each "
+        "registration (lxss's own key)."
     ),
 }
 # Keys read (a file setting them is valid) but not acted on yet: the manual says so.
@@ -267,6 +276,23 @@ def read_catalog_urls(
     values, parse_warnings = _parse(text, machine_path)
     urls = get_str(values, DISTRIBUTION_LIST_URL), get_str(values, DISTRIBUTION_LIST_URL_APPEND)
     return *urls, warnings + parse_warnings
+
+
+def read_distribution_limit(
+    machine_path: str = MACHINE_CONFIG_PATH,
+) -> tuple[int, list[ConfigWarning]]:
+    """security.maxDistributionsPerUser from the machine's file (a value below 1 warns and
+    is replaced by the default: a limit is what keeps one user's registry bounded)."""
+    text, warnings = read_config_text(machine_path)
+    values, parse_warnings = _parse(text, machine_path)
+    warnings += parse_warnings
+    limit = get_int(values, MAX_DISTRIBUTIONS_PER_USER)
+    if limit < 1:
+        default = get_int({}, MAX_DISTRIBUTIONS_PER_USER)
+        message = f"{MAX_DISTRIBUTIONS_PER_USER.name} must be at least 1 ({limit}); using {default}"
+        warnings.append(ConfigWarning(machine_path, None, message))
+        limit = default
+    return limit, warnings
 
 
 def _parse(text: str | None, filename: str) -> tuple[dict[str, Value], list[ConfigWarning]]:

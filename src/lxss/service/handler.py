@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxss import __version__
 from lxss.api import errors
-from lxss.api.server import Call
+from lxss.api.server import Call, Replies, paged
 from lxss.linux.subids import subordinate_owner
 from lxss.service.registry import Registry
 from lxss.service.session import Owner, UserSession
@@ -179,11 +179,12 @@ class ServiceHandler:
             os.close(location)
         return {"warnings": warnings}
 
-    async def EnumerateDistributions(self, call: Call) -> dict[str, Any]:
+    async def EnumerateDistributions(self, call: Call) -> Replies:
         session = self.session(call)
-        distributions = [session.describe(d) for d in self.registry.distributions(session.uid)]
-        version = self.registry.user(session.uid).default_version
-        return {"distributions": distributions, "defaultVersion": version}
+        user = self.registry.user(session.uid)
+        rows = self.registry.distributions(session.uid)
+        described = [session.describe(d, user.default_distribution) for d in rows]
+        return paged(described, "distributions", {"defaultVersion": user.default_version})
 
     async def GetDefaultDistribution(self, call: Call) -> dict[str, Any]:
         distribution = self.session(call).resolve(None)

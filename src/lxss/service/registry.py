@@ -236,6 +236,11 @@ class Registry:
         )
         return [_row(r) for r in rows]
 
+    def count(self, uid: int) -> int:
+        """How many distributions *uid* has, in any state."""
+        row = self._db.execute("SELECT count(*) FROM distributions WHERE owner_uid = ?", (uid,))
+        return int(row.fetchone()[0])
+
     def all_in_state(self, state: str) -> list[Distribution]:
         rows = self._db.execute("SELECT * FROM distributions WHERE state = ?", (state,))
         return [_row(r) for r in rows]

@@ -22,7 +22,7 @@ from lxss.api import errors
 from lxss.archive.formats import EXPORT_FORMATS
 from lxss.linux.subids import Mapping, NoFreeRange, ensure_mapping, user_ranges
 from lxss.oci import layer_stream
-from lxss.service import archives, builders, locations, registry
+from lxss.service import archives, builders, locations, quotas, registry
 from lxss.service.locations import Identity
 from lxss.service.registry import Distribution, Registry
 from lxss.service.settings import Settings
@@ -239,6 +239,7 @@ class UserSession:
         version = version or self.registry.user(self.uid).default_version
         self.check_version(version)
         async with self._lock:
+            quotas.check_room_for_one_more(self.registry, self.uid, self.settings.machine_config)
             guid = registry.new_guid()
             held = name
             if self.registry.find(self.uid, name) is not None:
@@ -508,6 +509,7 @@ class UserSession:
         async with self._lock:
             if self.registry.find(self.uid, name) is not None:
                 raise errors.DistroNameAlreadyExists(name=name)
+            quotas.check_room_for_one_more(self.registry, self.uid, self.settings.machine_config)
             base, identity = self._existing_base(location_fd)
         # Looked at before any row exists: an Installing row would have the next start
         # (after a crash) remove these files, which were there before.
@@ -520,8 +522,9 @@ class UserSession:
         guid = registry.new_guid()
         record = registry.new_distribution(name, self.uid, base, False, version, guid, identity)
         record = replace(record, os_id=result.os_id, os_version_id=result.os_version_id)
-        async with self._lock:
-            for path in (base, os.path.join(base, locations.LEVEL)):  # taken meanwhile?
+        async with self._lock:  # what may have changed while the tree was looked at
+            quotas.check_room_for_one_more(self.registry, self.uid, self.settings.machine_config)
+            for path in (base, os.path.join(base, locations.LEVEL)):
                 if self.registry.base_path_in_use(path) is not None:
                     raise errors.InstallLocationInUse(path=base)
             try:
@@ -568,8 +571,9 @@ class UserSession:
         )
         await self._discard(distribution)
 
-    def describe(self, distribution: Distribution) -> dict[str, Any]:
-        default = self.registry.user(self.uid).default_distribution
+    def describe(self, distribution: Distribution, default: str | None) -> dict[str, Any]:
+        """*distribution* as EnumerateDistributions lists it; *default*: the user's default
+        distribution's GUID (looked up once for a whole listing)."""
         return {
             "guid": distribution.guid,
             "name": distribution.name,

@@ -9,6 +9,7 @@ mini_init (GuestCapabilities, EarlyConfig, InitialConfig). The VM's console
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -17,14 +18,13 @@ import socket
 import subprocess
 from dataclasses import replace
 
-from lxss.aio import wait_exited, wait_reaped
+from lxss.aio import wait_exited
 from lxss.bootstrap import bootstrap_argv
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import spawn_mapped
 from lxss.protocol import messages as m
 from lxss.vm.cgroup import Cgroup, Layout, Limits
 from lxss.vm.confined import off_loop, start_in
-from lxss.vm.console import Console
 from lxss.vm.link import GuestLink
 from lxss.vm.spec import VmSpec
 
@@ -58,7 +58,9 @@ class NamespaceVm:
         self.notify = notify
         self.group = group
         self.scratch = scratch
-        self.console = Console(console_fd, f"vm uid {spec.owner_uid}")
+        self._console_fd = console_fd
+        self._console_buffer = b""
+        asyncio.get_running_loop().add_reader(console_fd, self._on_console)
 
     def __repr__(self) -> str:
         return f"<NamespaceVm uid={self.spec.owner_uid} pid={self.process.pid} {self.state}>"
@@ -70,9 +72,27 @@ class NamespaceVm:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def _on_console(self) -> None:
+        try:
+            data = os.read(self._console_fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self._console_fd)
+            return
+        lines = (self._console_buffer + data).split(b"\n")
+        self._console_buffer = lines.pop()[-4096:]
+        for line in lines:
+            log.warning("vm uid %d: %s", self.spec.owner_uid, line.decode(errors="replace"))
+
     async def wait(self, timeout: float) -> bool:
         """True once the VM's boot process has exited (and been reaped)."""
-        return await wait_reaped(self.process, timeout)
+        if self.process.poll() is not None:
+            return True
+        if not await wait_exited(self.process.pid, timeout):
+            return False
+        self.process.wait()
+        return True
 
     async def debug_shell(self, stdio: tuple[int, int, int], term: str | None) -> int:
         """Run a shell in the VM, outside every distribution, on *stdio* (lent: the caller
@@ -109,7 +129,9 @@ class NamespaceVm:
         if force or not await self.wait(STOP_TIMEOUT):
             await off_loop(self.group.kill)
             await self.wait(STOP_TIMEOUT)
-        self.console.close()
+        with contextlib.suppress(OSError):
+            asyncio.get_running_loop().remove_reader(self._console_fd)
+            os.close(self._console_fd)
         await off_loop(self.group.destroy)
         with contextlib.suppress(OSError):
             os.rmdir(self.scratch)
