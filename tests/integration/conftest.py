@@ -5,7 +5,8 @@ The service runs with private state and runtime directories and its own cgroup
 name, so it never touches a real installation on the machine. Every test ends
 with `lxss --shutdown` for each user it may have used, then the host is
 compared with its state before the test: mounts, cgroups, lxss processes,
-the service's open file descriptors, VM scratch directories.
+the service's open file descriptors, VM scratch directories, and the host's network
+(links, addresses, routes, nftables tables, forwarding sysctls).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import netstate
 import pytest
 
 from lxss.bootstrap import bootstrap_argv
@@ -239,6 +241,7 @@ class HostState:
     processes: frozenset[tuple[int, str]]
     service_fds: int
     scratch: frozenset[str]
+    network: frozenset[str]  # links, addresses, routes, nft tables, forwarding (netstate)
 
     @classmethod
     def capture(cls, service: Service) -> HostState:
@@ -259,12 +262,14 @@ class HostState:
         fds = len(os.listdir(f"/proc/{service.pid}/fd")) if service.process else 0
         scratch_root = service.runtime_dir / "vm"
         scratch = frozenset(os.listdir(scratch_root)) if scratch_root.is_dir() else frozenset()
+        uids = {0} | {pwd.getpwnam(u).pw_uid for u in service.users_seen if _known(u)}
+        network = netstate.capture(service.runtime_dir, uids)
         return cls(frozenset(mounts), frozenset(cgroups),
-                   frozenset(_service_processes(service)), fds, scratch)  # fmt: skip
+                   frozenset(_service_processes(service)), fds, scratch, network)  # fmt: skip
 
     def difference(self, after: HostState) -> str:
         lines = []
-        for name in ("mounts", "cgroups", "processes", "scratch"):
+        for name in ("mounts", "cgroups", "processes", "scratch", "network"):
             before_set, after_set = getattr(self, name), getattr(after, name)
             if before_set != after_set:
                 lines.append(f"{name}: added {sorted(after_set - before_set)[:10]}, "
@@ -275,6 +280,14 @@ class HostState:
 
 
 # Fixtures ----------------------------------------------------------------------------
+
+
+def _known(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
 
 
 def _require_root() -> None:

@@ -38,6 +38,7 @@ def test_keys() -> None:
         "wsl2.memory",
         "wsl2.processors",
         "wsl2.networkingMode",
+        "wsl2.localhostForwarding",
         "wsl2.kernel",
         "wsl2.kernelCommandLine",
         "wsl2.kernelBootTimeout",
@@ -89,6 +90,8 @@ def test_empty_files_are_defaults() -> None:
         ("[wsl2]\nnetworkingMode = NONE", "networking_mode", NetworkingMode.NONE),
         ("[wsl2]\nnetworkingMode = bridged", "networking_mode", NetworkingMode.BRIDGED),
         ("[wsl2]\nnetworkingMode = virtioproxy", "networking_mode", NetworkingMode.VIRTIO_PROXY),
+        ("[wsl2]\nnetworkingMode = consomme", "networking_mode", NetworkingMode.CONSOMME),
+        ("[wsl2]\nlocalhostForwarding = false", "localhost_forwarding", False),
         ("[wsl2]\nkernel = /boot/vmlinuz", "kernel", "/boot/vmlinuz"),
         (
             '[wsl2]\nkernelCommandLine = "quiet loglevel=3"',
@@ -149,7 +152,7 @@ def test_invalid_networking_mode_lists_the_modes() -> None:
     assert config.networking_mode is NetworkingMode.MIRRORED
     assert warnings == [
         f"Invalid value 'Tunnel' for config key 'wsl2.networkingMode' in {MACHINE}:2"
-        " (Valid values: None, Nat, Bridged, Mirrored, VirtioProxy)"
+        " (Valid values: None, Nat, Bridged, Mirrored, VirtioProxy, Consomme)"
     ]
 
 

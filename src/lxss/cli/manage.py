@@ -351,8 +351,24 @@ def status(client: Client, for_uid: int | None) -> int:
     running = reply.get("running") or []
     out(f"Running distributions: {', '.join(running) if running else '(none)'}")
     out(f"Versions available: {', '.join(reply.get('backends') or [])}")
+    _network_status(reply.get("network") or {})
     out(f"lxssd {version['version']} on Linux {version['kernel']}")
     return 0
+
+
+def _network_status(network: dict[str, object]) -> None:
+    if not network.get("mode"):
+        return
+    line = f"Networking mode: {network['mode']}"
+    if network.get("network"):
+        line += f" ({network['network']}: host {network['gateway']}, VM {network['address']})"
+    out(line)
+    forwarded = network.get("forwardedPorts")
+    if isinstance(forwarded, list):
+        out(f"Forwarded ports: {', '.join(map(str, forwarded)) if forwarded else '(none)'}")
+    refused_ports = network.get("refusedPorts")
+    for refused in refused_ports if isinstance(refused_ports, list) else []:
+        out(f"Not forwarded: {refused}")
 
 
 def _registered_name(client: Client, name_or_guid: str, for_uid: int | None) -> str:

@@ -50,7 +50,8 @@ class NetworkingMode(enum.Enum):
     NAT = "Nat"  # a private network behind the host
     BRIDGED = "Bridged"  # a bridge onto the host's network
     MIRRORED = "Mirrored"  # the host's network itself
-    VIRTIO_PROXY = "VirtioProxy"  # user-mode networking (WSL's "Consomme")
+    VIRTIO_PROXY = "VirtioProxy"  # user-mode networking through the VMM
+    CONSOMME = "Consomme"  # WSL's user-mode network stack (its fallback for Nat)
 
 
 _BOOL, _INT, _STRING = ValueType.BOOL, ValueType.INT, ValueType.STRING
@@ -67,6 +68,7 @@ NETWORKING_MODE: Final = Key(
     choices=tuple(mode.value for mode in NetworkingMode),
     aliases=("experimental.networkingMode",),  # WSL keeps the old spelling working
 )
+LOCALHOST_FORWARDING: Final = Key("wsl2.localhostForwarding", _BOOL, True)
 KERNEL: Final = Key("wsl2.kernel", _STRING, "")
 KERNEL_COMMAND_LINE: Final = Key("wsl2.kernelCommandLine", _STRING, "")
 KERNEL_BOOT_TIMEOUT: Final = Key("wsl2.kernelBootTimeout", _INT, 30000)
@@ -92,6 +94,7 @@ LXSS_CONF_SCHEMA: Final = Schema(
         MEMORY,
         PROCESSORS,
         NETWORKING_MODE,
+        LOCALHOST_FORWARDING,
         KERNEL,
         KERNEL_COMMAND_LINE,
         KERNEL_BOOT_TIMEOUT,
@@ -127,7 +130,13 @@ LXSS_CONF_DOCS: Final = {
     PROCESSORS: "How many CPUs the utility VM may use; unset: all the host's.",
     NETWORKING_MODE: (
         "How distributions reach the network. Mirrored (lxss's default; WSL's is Nat) keeps "
-        "the host's own network."
+        "the host's own network; Nat gives the VM a private network behind the host (its own "
+        "interfaces, routes, firewall and ports); None gives it loopback only. Bridged, "
+        "VirtioProxy and Consomme are WSL's and fall back to Nat here, with a warning."
+    ),
+    LOCALHOST_FORWARDING: (
+        "In Nat mode, a TCP port a distribution listens on at localhost (or on every address) "
+        "is listened on at the host's 127.0.0.1 and ::1 too, and relayed."
     ),
     KERNEL: "A kernel image for version 2 distributions; empty: the built-in one.",
     KERNEL_COMMAND_LINE: "Appended to the kernel command line of version 2's utility VM.",
@@ -178,6 +187,7 @@ class LxssConfig:
     distribution_install_path: str = ""  # general.distributionInstallPath; "": service storage
     vm_idle_timeout_ms: int = 60000  # wsl2.vmIdleTimeout; 0: at once; -1 or less: never
     networking_mode: NetworkingMode = NetworkingMode.MIRRORED  # wsl2.networkingMode
+    localhost_forwarding: bool = True  # wsl2.localhostForwarding: Nat mode's port relay
     kernel: str = ""  # wsl2.kernel: a kernel image for version 2; "": the built-in one
     kernel_command_line: str = ""  # wsl2.kernelCommandLine: appended to lxss's own
     kernel_boot_timeout_ms: int = 30000  # wsl2.kernelBootTimeout: until mini_init connects
@@ -224,6 +234,7 @@ def load_lxss_config(
         distribution_install_path=get_str(values, DISTRIBUTION_INSTALL_PATH),
         vm_idle_timeout_ms=get_int(values, VM_IDLE_TIMEOUT),
         networking_mode=NetworkingMode(get_str(values, NETWORKING_MODE)),
+        localhost_forwarding=get_bool(values, LOCALHOST_FORWARDING),
         kernel=get_str(values, KERNEL),
         kernel_command_line=get_str(values, KERNEL_COMMAND_LINE),
         kernel_boot_timeout_ms=get_int(values, KERNEL_BOOT_TIMEOUT),

@@ -5,6 +5,8 @@ Serves the service's channel one message at a time:
 - EarlyConfig: the VM's hostname; the shared /mnt/wsl tmpfs; starts gns and
   answers with its result (a transaction);
 - InitialConfig: networking settings;
+- GnsInterfaceConfiguration: gns configures the interface the service attached (a NAT
+  VM's eth0) and answers with GnsResult (a transaction);
 - LaunchInit (+ the new distribution's channel and its tree, a detached mount):
   forks the distribution's boot process, which reads who the default user is,
   gets the tree id-mapped for that user from the service (MapIdentity), enters a
@@ -59,6 +61,7 @@ class MiniInit:
         self.distributions: dict[int, str] = {}
         self.mount_points: dict[int, str] = {}
         self.children = ChildWatch()
+        self.own_network = spec.networking_mode in gns.OWN_NETWORK_MODES
 
     # Boot ----------------------------------------------------------------------
 
@@ -70,7 +73,7 @@ class MiniInit:
         sc.mount("wsl", self.shared, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755")
         # Shared: what one distribution mounts under /mnt/wsl, all of them see.
         sc.mount(None, self.shared, None, sc.MS_SHARED)
-        if self.spec.networking_mode == "None":
+        if self.own_network:
             # A sysfs of the VM's own network namespace, mounted here (only the namespace's
             # owner may): distributions, in user namespaces of their own, bind it.
             os.mkdir(self.sysfs, 0o755)
@@ -92,6 +95,33 @@ class MiniInit:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         self.control.reply(header, m.ResultInt32(value=os.waitstatus_to_exitcode(status)))
+
+    def configure_interface(
+        self, header: m.MessageHeader, message: m.GnsInterfaceConfiguration
+    ) -> None:
+        """gns applies the configuration in a child (pid 1 holds no netlink socket and
+        survives whatever the kernel says); its answer comes back through a pipe."""
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(read_end)
+                number, text = gns.configure(message.configuration or "")
+                os.write(write_end, f"{number}\n{text}".encode()[:4096])
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with open(read_end, "rb") as pipe:
+            answer = pipe.read(4096).decode(errors="replace")
+        _, status = os.waitpid(pid, 0)
+        number_text, _, text = answer.partition("\n")
+        if os.waitstatus_to_exitcode(status) != 0 or not number_text.isdigit():
+            number, text = errno.EIO, "gns ended without an answer"
+        else:
+            number = int(number_text)
+        self.control.reply(header, m.GnsResult(result=number, error=text))
 
     def launch_init(self, message: m.MiniInitLaunchInit, fds: list[int]) -> None:
         """Start a distribution, taking ownership of *fds* (its channel, then its tree).
@@ -180,10 +210,10 @@ class MiniInit:
             layout = mounts.RootLayout(
                 root=mount_point,
                 shared_dir=self.shared,
-                own_network=self.spec.networking_mode == "None",
+                own_network=self.own_network,
                 host_mount=HOST_MOUNT,
                 vm_mounts=(self.scratch,),
-                sys_source=self.sysfs if self.spec.networking_mode == "None" else "/sys",
+                sys_source=self.sysfs if self.own_network else "/sys",
                 host_source=mount_point + ".host",
             )
             mounts.apply_plan(mounts.distribution_plan(layout), layout.root)
@@ -227,6 +257,8 @@ class MiniInit:
                 self.early_config(header, message)
             elif isinstance(message, m.MiniInitInitialConfig):
                 pass  # networking settings: applied by gns once it configures interfaces
+            elif isinstance(message, m.GnsInterfaceConfiguration):
+                self.configure_interface(header, message)
             elif isinstance(message, m.MiniInitLaunchInit):
                 self.launch_init(message, fds)
             else:

@@ -42,6 +42,8 @@ __all__ = [
     "CreateProcessFds",
     "FailureStep",
     "FrozenInstanceError",
+    "GnsInterfaceConfiguration",
+    "GnsResult",
     "InitCreateProcess",
     "InitCreateProcessResponse",
     "InitCreateSession",
@@ -302,6 +304,26 @@ class MiniInitInitialConfig(Message):
     TYPE: ClassVar[int] = 37
     networking_mode: U32  # a NetworkingMode
     entropy: Bytes  # random bytes to seed the guest's pool
+
+
+class GnsInterfaceConfiguration(Message):
+    """Service -> gns (through mini_init's channel): configure one interface of the VM.
+
+    WSL sends an HNS endpoint as JSON; lxss's JSON has what lxss's NAT network needs:
+    ``{"interface": "eth0", "addresses": ["172.16.5.2/24"], "gateway": "172.16.5.1",
+    "mtu": 1500}``. Answered with GnsResult.
+    """
+
+    TYPE: ClassVar[int] = 53
+    configuration: Str  # JSON
+
+
+class GnsResult(Message):
+    """Gns -> service: 0, or the errno of the step that failed and what it was."""
+
+    TYPE: ClassVar[int] = 54
+    result: I32
+    error: Str  # "eth0: adding 172.16.5.2/24: Operation not permitted"
 
 
 class MiniInitGuestCapabilities(Message):

@@ -274,4 +274,5 @@ class ServiceHandler:
             "vmRunning": bool(runtime and runtime.vm_running()),
             "running": running,
             "backends": list(runtime.backends()) if runtime else ["1"],
+            "network": runtime.network_status() if runtime else {},
         }

@@ -30,9 +30,14 @@ def host_timezone() -> str:
     return target.split(marker, 1)[1] if marker in target else ""
 
 
-def host_resolvers(resolv_conf: str, shares_host_network: bool) -> Resolvers:
-    """The resolvers a distribution should be given (see `choose_resolvers`)."""
+def host_resolvers(
+    resolv_conf: str, shares_host_network: bool, vm_resolvers: tuple[str, ...] | None = None
+) -> Resolvers:
+    """The resolvers a distribution should be given (see `choose_resolvers`): the VM's own
+    when it has them (a NAT VM's DNS proxy on its gateway), with the host's search list."""
     host = read_host_resolvers(resolv_conf)
+    if vm_resolvers is not None:
+        return Resolvers(vm_resolvers, host.search)
     upstreams = None if shares_host_network else read_host_resolvers(RESOLVED_UPSTREAMS)
     chosen = choose_resolvers(host, upstreams, shares_host_network)
     if chosen.note:

@@ -35,7 +35,7 @@ from lxss.service import firstrun, hostinfo
 from lxss.service.registry import Distribution
 from lxss.service.settings import Settings
 from lxss.service.trees import Trees
-from lxss.vm import cgroup
+from lxss.vm import cgroup, nat, netmodes
 from lxss.vm.backend import Vm, VmBackend
 from lxss.vm.link import GuestLink
 from lxss.vm.namespace import NamespaceBackend, VmStartError
@@ -100,6 +100,7 @@ class Runtime:
         self.settings = settings
         self.backend = backend
         self.vm: Vm | None = None
+        self.vm_warnings: list[str] = []  # said at every distribution start in this VM
         self.vm_mapping: Mapping | None = None  # the ids the running VM was started with
         self.trees = Trees(session.owner.uid, session.owner.gid)
         self.config: LxssConfig | None = None
@@ -127,6 +128,13 @@ class Runtime:
 
     def backends(self) -> tuple[str, ...]:
         return ("1",)
+
+    def network_status(self) -> dict[str, Any]:
+        """The VM's networking mode and, in Nat mode, its network and forwarded ports."""
+        if self.vm is None or not self.vm.running():
+            return {}
+        status: dict[str, Any] = getattr(self.vm, "network_status", dict)()
+        return {"mode": self.vm.spec.networking_mode, **status}
 
     # Configuration ----------------------------------------------------------------
 
@@ -167,12 +175,16 @@ class Runtime:
         if self.vm is not None:
             await self._vm_gone(force=True)
         self.config = config = self.load_config()
+        modes = getattr(self.backend, "networking_modes", ("Mirrored",))
+        mode, network_warning = netmodes.effective_mode(config.networking_mode.value, modes)
+        self.vm_warnings = [network_warning] if network_warning else []
         spec = VmSpec(
             owner_uid=self.session.uid,
             memory_bytes=config.memory_bytes,
             processors=config.processors,
             pids_limit=config.pids_limit,
-            networking_mode=config.networking_mode.value,
+            networking_mode=mode,
+            localhost_forwarding=config.localhost_forwarding,
             hostname=socket.gethostname(),
             boot_timeout_s=config.kernel_boot_timeout_ms / 1000,
             distribution_start_timeout_s=config.distribution_start_timeout_ms / 1000,
@@ -323,9 +335,11 @@ class Runtime:
                 detail = "; ".join(result.warnings) or os.strerror(result.result)
                 raise errors.StartFailed(distribution=name, reason=f"{detail} (step: {step})")
             instance = Instance(distribution, vm, link, result.pid)
-            instance.warnings = list(result.warnings)
+            instance.warnings = [*self.vm_warnings, *result.warnings]
             resolvers = hostinfo.host_resolvers(
-                self.settings.host_resolv_conf, vm.spec.networking_mode != "None"
+                self.settings.host_resolv_conf,
+                vm.spec.networking_mode == "Mirrored",
+                getattr(vm, "dns_servers", None),
             )
             initialize = m.InitInitialize(
                 hostname=vm.spec.hostname,
@@ -687,7 +701,9 @@ def _failure_step(number: int) -> str:
 
 def runtime_factory(settings: Settings) -> Callable[[UserSession], Runtime]:
     layout = cgroup.Layout.detect()
-    backend = NamespaceBackend(layout, settings.cgroup_name, settings.runtime_dir)
+    backend = NamespaceBackend(
+        layout, settings.cgroup_name, settings.runtime_dir, settings.host_resolv_conf
+    )
 
     def make(session: UserSession) -> Runtime:
         return Runtime(session, settings, backend)
@@ -706,6 +722,7 @@ def clean_stale(settings: Settings) -> None:
     for group in cgroup.stale_groups(layout, settings.cgroup_name):
         log.warning("removing stale cgroup %s", group.relative)
         group.destroy()
+    nat.recover(os.path.join(settings.runtime_dir, "net"))  # veths, nft tables, sysctls
     scratch_root = os.path.join(settings.runtime_dir, "vm")
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(scratch_root):

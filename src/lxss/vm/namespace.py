@@ -20,12 +20,14 @@ from dataclasses import replace
 
 from lxss.aio import wait_exited
 from lxss.bootstrap import bootstrap_argv
+from lxss.config.resolvconf import HOST_RESOLV_CONF
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import spawn_mapped
 from lxss.protocol import messages as m
 from lxss.vm.cgroup import Cgroup, Layout, Limits
 from lxss.vm.confined import off_loop, start_in
 from lxss.vm.link import GuestLink
+from lxss.vm.nsnet import VmNetwork
 from lxss.vm.spec import VmSpec
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class NamespaceVm:
         self._console_fd = console_fd
         self._console_buffer = b""
         asyncio.get_running_loop().add_reader(console_fd, self._on_console)
+        self.network: VmNetwork | None = None  # Nat mode's host side
 
     def __repr__(self) -> str:
         return f"<NamespaceVm uid={self.spec.owner_uid} pid={self.process.pid} {self.state}>"
@@ -133,8 +136,18 @@ class NamespaceVm:
             asyncio.get_running_loop().remove_reader(self._console_fd)
             os.close(self._console_fd)
         await off_loop(self.group.destroy)
+        if self.network is not None:
+            await self.network.stop()
         with contextlib.suppress(OSError):
             os.rmdir(self.scratch)
+
+    @property
+    def dns_servers(self) -> tuple[str, ...] | None:
+        """The resolvers a distribution must use instead of the host's (None: the host's)."""
+        return self.network.dns_servers if self.network is not None else None
+
+    def network_status(self) -> dict[str, object]:
+        return self.network.status() if self.network is not None else {}
 
 
 def _fresh_scratch(scratch: str) -> None:
@@ -172,11 +185,24 @@ def _check_reachable(directory: str, vm_uid: int) -> None:
 
 class NamespaceBackend:
     version = 1
+    networking_modes = ("Mirrored", "Nat", "None")
 
-    def __init__(self, layout: Layout, cgroup_root: str, runtime_dir: str) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        cgroup_root: str,
+        runtime_dir: str,
+        host_resolv_conf: str = HOST_RESOLV_CONF,
+    ) -> None:
         self.layout = layout
         self.cgroup_root = cgroup_root
         self.runtime_dir = runtime_dir
+        self.host_resolv_conf = host_resolv_conf
+
+    @property
+    def network_state_dir(self) -> str:
+        """Where each NAT VM's host-side changes are recorded (see lxss.vm.nat.recover)."""
+        return os.path.join(self.runtime_dir, "net")
 
     def scratch_dir(self, uid: int) -> str:
         return os.path.join(self.runtime_dir, "vm", str(uid))
@@ -245,6 +271,13 @@ class NamespaceBackend:
         spec = vm.spec
         try:
             await vm.control.receive((m.MiniInitGuestCapabilities,), timeout=spec.boot_timeout_s)
+            # mini_init is up: the boot process has made the VM's network namespace.
+            interface = None
+            if spec.networking_mode == "Nat":
+                vm.network = VmNetwork(
+                    self.network_state_dir, self.host_resolv_conf, spec.owner_uid
+                )
+                interface = await vm.network.attach(vm.process.pid)
             early = m.MiniInitEarlyConfig(
                 hostname=spec.hostname,
                 memory_bytes=spec.memory_bytes,
@@ -254,8 +287,18 @@ class NamespaceBackend:
             result, _ = await vm.control.transaction(early, m.ResultInt32)
         except (OSError, EOFError, ValueError) as e:
             raise VmStartError(f"the utility VM did not start: {e}") from e
-        if result.value != 0:
-            log.warning("uid %d: gns failed: %s", spec.owner_uid, os.strerror(result.value))
+        try:
+            if result.value != 0:
+                raise VmStartError(f"gns: loopback: {os.strerror(result.value)}")
+            if interface is not None and vm.network is not None:
+                # As WSL's service: distributions start only once gns has answered.
+                configuration = m.GnsInterfaceConfiguration(configuration=interface)
+                answer, _ = await vm.control.transaction(configuration, m.GnsResult)
+                if answer.result != 0:
+                    raise VmStartError(f"gns: {answer.error or os.strerror(answer.result)}")
+                await vm.network.start_services(vm.process.pid, spec.localhost_forwarding)
+        except (OSError, EOFError, ValueError) as e:
+            raise VmStartError(f"the utility VM's network: {e}") from e
         initial = m.MiniInitInitialConfig(
             networking_mode=spec.networking_mode_number, entropy=os.urandom(64)
         )

@@ -3,7 +3,7 @@
 What a hypervisor and a kernel do for WSL's utility VM, namespaces do here.
 This process (started by the namespace backend with `spawn_mapped`) enters
 the owner's user namespace, then new mount, pid, UTS, IPC and cgroup
-namespaces (and a network namespace when the VM has no host networking),
+namespaces (and a network namespace of its own unless networking is Mirrored),
 and forks: the child is pid 1 of the new pid namespace — mini_init. This
 process stays as its parent, so the backend owns one process whose exit is
 the VM's end.
@@ -18,7 +18,7 @@ import resource
 import signal
 import sys
 
-from lxss.guest import mini_init
+from lxss.guest import gns, mini_init
 from lxss.guest.relay import exit_code
 from lxss.linux import syscalls as sc
 from lxss.linux import userns
@@ -54,7 +54,8 @@ def main(argv: list[str]) -> int:
     # Not dumpable, whoever the owner is: distribution root must not reach the lxss roles'
     # memory, descriptors or executable through /proc (every role inherits this on fork).
     sc.set_dumpable(False)
-    flags = NAMESPACES | (sc.CLONE_NEWNET if spec.networking_mode == "None" else 0)
+    own_network = spec.networking_mode in gns.OWN_NETWORK_MODES
+    flags = NAMESPACES | (sc.CLONE_NEWNET if own_network else 0)
     sc.unshare(flags)
     # Nothing mounted in the VM may propagate back to the host's tree.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)

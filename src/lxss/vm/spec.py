@@ -21,6 +21,7 @@ class VmSpec:
     processors: int
     pids_limit: int
     networking_mode: str = "Mirrored"
+    localhost_forwarding: bool = True  # Nat mode: relay the VM's localhost listeners
     hostname: str = "localhost"
     kernel: str = ""
     kernel_command_line: str = ""
