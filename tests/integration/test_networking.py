@@ -231,3 +231,63 @@ def test_a_killed_service_leaves_nothing_after_its_restart(dns: tuple[str, Path]
 
 def netstate_now(service: Service) -> frozenset[str]:
     return netstate.capture(service.runtime_dir, {0})
+
+
+UPSTREAM = "lxtnetup"  # a namespace of the test's own, standing for the world beyond the host
+UPSTREAM_HOST, UPSTREAM_FAR = "10.213.77.1", "10.213.77.2"
+PEER_SERVER = (
+    "import socket\n"
+    "s = socket.create_server(('0.0.0.0', 8080)); s.settimeout(120)\n"
+    "c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()\n"
+)
+
+
+@pytest.fixture
+def upstream() -> Iterator[str]:
+    """A namespace behind a veth of the host's (made before the VM starts, so the VM's
+    forwarding covers it): a server there answers with the address it saw."""
+    subprocess.run(["ip", "netns", "add", UPSTREAM], check=True)
+    try:
+        for argv in (
+            ["ip", "link", "add", "lxtup0", "type", "veth", "peer", "eth0", "netns", UPSTREAM],
+            ["ip", "addr", "add", f"{UPSTREAM_HOST}/24", "dev", "lxtup0"],
+            ["ip", "link", "set", "lxtup0", "up"],
+            ["ip", "-n", UPSTREAM, "addr", "add", f"{UPSTREAM_FAR}/24", "dev", "eth0"],
+            ["ip", "-n", UPSTREAM, "link", "set", "eth0", "up"],
+        ):  # fmt: skip
+            subprocess.run(argv, check=True)
+        yield UPSTREAM_FAR
+    finally:
+        subprocess.run(["ip", "link", "del", "lxtup0"], check=False)
+        subprocess.run(["ip", "netns", "del", UPSTREAM], check=False)
+
+
+def test_nat_masquerades_beyond_the_host_and_restores_forwarding(
+    service: Service, upstream: str
+) -> None:
+    forwarding = Path("/proc/sys/net/ipv4/conf/lxtup0/forwarding")
+    before = forwarding.read_text()
+    ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", UPSTREAM, "/usr/bin/python3", "-c", PEER_SERVER],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        with machine_config(service, NAT):
+            wait_until(lambda: _listening_upstream(), 30, "the upstream server")
+            seen = run(service, f"nc {upstream} 8080 </dev/null")
+            assert seen == UPSTREAM_HOST  # the host's address: masqueraded
+            assert forwarding.read_text() == "1\n"
+            assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == ip_forward
+        assert forwarding.read_text() == before  # the last NAT VM stopped
+    finally:
+        server.kill()
+        server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def _listening_upstream() -> bool:
+    done = subprocess.run(["ip", "netns", "exec", UPSTREAM, "ss", "-ltnH", "sport", "= :8080"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    return "8080" in done.stdout
