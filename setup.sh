@@ -16,7 +16,7 @@ die() { echo "setup.sh: $*" >&2; exit 1; }
 # Debian packages the service, the tests and the benchmarks use.
 packages="python3-venv busybox-static debootstrap dnsmasq-base uidmap e2fsprogs zstd xz-utils bzip2 gzip
   tmux procps psmisc iproute2 iptables nftables util-linux hyperfine bubblewrap
-  docker-registry skopeo umoci libarchive-tools
+  docker-registry skopeo umoci libarchive-tools podman
   debhelper dh-python dpkg-dev fakeroot lintian bash-completion zsh fish man-db groff-base"
 missing=""
 for p in $packages; do

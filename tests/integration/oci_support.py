@@ -385,6 +385,19 @@ def skopeo(*args: str) -> None:
     assert result.returncode == 0, result.stderr.decode(errors="replace")
 
 
+def podman(storage: Path, *args: str) -> str:
+    """Run podman on a store of the test's own (*storage*; vfs, so it mounts nothing) and
+    return its stdout."""
+    result = subprocess.run(
+        ["podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
+         "--storage-driver", "vfs", "--events-backend", "none", "--cgroup-manager", "cgroupfs",
+         *args],
+        capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout.decode()
+
+
 @contextmanager
 def running_registry(
     storage: Path, tokens: TokenServer | None = None, htpasswd: Path | None = None

@@ -1,7 +1,7 @@
 """Container images as distributions, through the real lxss and lxssd: pulled from a
 real registry (Debian's docker-registry on a loopback port, the image pushed with
 skopeo), read from an OCI layout, an OCI archive and a docker archive, and imported
-from archive files. Every image has two layers, the second deleting a file with a
+from archive files, `podman save`'s among them. Every image has two layers, the second deleting a file with a
 whiteout and making a directory opaque.
 """
 
@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import pwd
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from oci_support import (
     free_port,
     htpasswd_file,
     make_multi_arch,
+    podman,
     running_registry,
     skopeo,
     tar_of,
@@ -243,6 +245,29 @@ def test_import_takes_an_image_archive(
     archive = scratch / f"import.{transport}.tar"
     skopeo(f"oci:{image.layout}:{image.tag}", f"{transport}:{archive}:lxss/test:1")
     name = f"imp-{transport}"
+    service.ok("--import", name, str(scratch / name), str(archive), timeout=300)
+    try:
+        check_layers_applied(service, name)
+        check_config_applied(service, name)
+    finally:
+        service.ok("--unregister", name)
+
+
+@pytest.mark.skipif(shutil.which("podman") is None, reason="needs podman (setup.sh installs it)")
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_import_takes_a_podman_save_archive(
+    service: Service, image: Image, docker_image: Image, scratch: Path, fmt: str
+) -> None:
+    """What `podman save` writes, in both its formats, from an image podman pulled itself
+    (its store re-packs the layers: the whiteouts must survive that)."""
+    if fmt == "docker-archive":
+        image = docker_image  # podman cannot write zstd layers as docker's
+    storage = scratch / f"pd-{fmt[:3]}"  # podman wants a runroot of at most 50 characters
+    pulled = podman(storage, "pull", "-q", f"oci:{image.layout}:{image.tag}").split()[-1]
+    podman(storage, "tag", pulled, "localhost/lxss/podman:1")
+    archive = scratch / f"podman.{fmt}.tar"
+    podman(storage, "save", "--format", fmt, "-o", str(archive), "localhost/lxss/podman:1")
+    name = f"podman-{fmt}"
     service.ok("--import", name, str(scratch / name), str(archive), timeout=300)
     try:
         check_layers_applied(service, name)
