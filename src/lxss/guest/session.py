@@ -24,6 +24,7 @@ import socket
 from lxss.guest import relay
 from lxss.guest.process import Context, PlanError, Request, plan
 from lxss.guest.users import UserDatabase
+from lxss.linux.fork import fork_with_socket
 from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
@@ -75,22 +76,12 @@ class Spare:
 def fork_spare(channel: Channel, context: Context) -> Spare:
     """Fork a relay that waits for its request. OSError (EAGAIN at the VM's pids limit)
     goes to the caller."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        pid = os.fork()
-    except OSError:
-        ours.close()
-        theirs.close()
-        raise
-    if pid == 0:
-        code = 1
-        try:
-            ours.close()
-            channel.close()
-            code = serve_as_relay(Channel(theirs, "spare"), context)
-        finally:
-            os._exit(code)
-    theirs.close()
+
+    def spare(theirs: socket.socket) -> int:
+        channel.close()
+        return serve_as_relay(Channel(theirs, "spare"), context)
+
+    pid, ours = fork_with_socket(spare)
     return Spare(Channel(ours, "spare"), pid)
 
 
