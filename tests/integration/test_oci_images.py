@@ -1,8 +1,8 @@
 """Container images as distributions, through the real lxss and lxssd: pulled from a
 real registry (Debian's docker-registry on a loopback port, the image pushed with
 skopeo), read from an OCI layout, an OCI archive and a docker archive, and imported
-from archive files, `podman save`'s among them. Every image has two layers, the second deleting a file with a
-whiteout and making a directory opaque.
+from archive files, `podman save`'s among them. Every image has two layers, the second
+deleting a file with a whiteout and making a directory opaque.
 """
 
 from __future__ import annotations
