@@ -14,7 +14,7 @@ die() { echo "setup.sh: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run me as root (lxssd is a root service)"
 
 # Debian packages the service, the tests and the benchmarks use.
-packages="python3-venv busybox-static debootstrap dnsmasq-base uidmap e2fsprogs zstd xz-utils bzip2 gzip
+packages="python3-venv busybox-static qemu-system-x86 linux-image-amd64 debootstrap dnsmasq-base uidmap e2fsprogs zstd xz-utils bzip2 gzip
   tmux procps psmisc iproute2 iptables nftables util-linux hyperfine bubblewrap
   docker-registry skopeo umoci libarchive-tools podman
   debhelper dh-python dpkg-dev fakeroot lintian bash-completion zsh fish man-db groff-base"

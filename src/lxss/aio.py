@@ -86,6 +86,16 @@ async def wait_exited(pid: int, timeout: float | None) -> bool:
     return True
 
 
+async def wait_reaped(proc: subprocess.Popen[bytes], timeout: float | None) -> bool:
+    """True once *proc* has exited and been reaped (by pidfd, no thread); False on timeout."""
+    if proc.poll() is not None:
+        return True
+    if not await wait_exited(proc.pid, timeout):
+        return False
+    proc.wait()  # it has exited: this only reaps
+    return True
+
+
 async def _read_to_end(fd: int, deadline: float) -> bytes:
     """Everything readable from *fd* until end of file, by the loop's *deadline*."""
     loop = asyncio.get_running_loop()

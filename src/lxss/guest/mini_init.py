@@ -40,6 +40,7 @@ from lxss.guest.identity import default_ids
 from lxss.guest.relay import exit_code
 from lxss.linux import syscalls as sc
 from lxss.linux.children import ChildWatch
+from lxss.linux.entropy import add_entropy
 from lxss.linux.idmap import enter_nested_user_namespace, swap_lines
 from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
@@ -51,8 +52,11 @@ HOST_MOUNT = "/mnt/host"
 
 
 class MiniInit:
-    def __init__(self, spec: VmSpec, control: Channel, notify: Channel) -> None:
+    def __init__(
+        self, spec: VmSpec, control: Channel, notify: Channel, own_kernel: bool = False
+    ) -> None:
         self.spec = spec
+        self.own_kernel = own_kernel  # version 2: pid 1 of a kernel of our own
         self.control = control
         self.notify = notify
         self.scratch = str(spec.extra["scratch"])
@@ -256,7 +260,9 @@ class MiniInit:
             if isinstance(message, m.MiniInitEarlyConfig):
                 self.early_config(header, message)
             elif isinstance(message, m.MiniInitInitialConfig):
-                pass  # networking settings: applied by gns once it configures interfaces
+                # Networking settings are applied by gns once it configures interfaces.
+                if self.own_kernel:
+                    add_entropy(message.entropy)
             elif isinstance(message, m.GnsInterfaceConfiguration):
                 self.configure_interface(header, message)
             elif isinstance(message, m.MiniInitLaunchInit):
@@ -341,11 +347,11 @@ def _report_launch_failure(channel_fd: int, error: OSError) -> None:
             print(f"mini_init: cannot report a failed launch: {e}", file=sys.stderr)
 
 
-def main(spec: VmSpec, control_fd: int, notify_fd: int) -> int:
+def main(spec: VmSpec, control_fd: int, notify_fd: int, own_kernel: bool = False) -> int:
     set_title("lxss-mini_init")
     control = Channel(socket.socket(fileno=control_fd), "mini_init", timeout=30.0)
     notify = Channel(socket.socket(fileno=notify_fd), "notify", timeout=30.0)
-    vm = MiniInit(spec, control, notify)
+    vm = MiniInit(spec, control, notify, own_kernel)
     try:
         vm.boot()
         return vm.serve()

@@ -9,7 +9,6 @@ mini_init (GuestCapabilities, EarlyConfig, InitialConfig). The VM's console
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -18,7 +17,7 @@ import socket
 import subprocess
 from dataclasses import replace
 
-from lxss.aio import wait_exited
+from lxss.aio import wait_exited, wait_reaped
 from lxss.bootstrap import bootstrap_argv
 from lxss.config.resolvconf import HOST_RESOLV_CONF
 from lxss.linux.subids import Mapping
@@ -26,6 +25,7 @@ from lxss.linux.userns import spawn_mapped
 from lxss.protocol import messages as m
 from lxss.vm.cgroup import Cgroup, Layout, Limits
 from lxss.vm.confined import off_loop, start_in
+from lxss.vm.console import Console
 from lxss.vm.link import GuestLink
 from lxss.vm.nsnet import VmNetwork
 from lxss.vm.spec import VmSpec
@@ -60,9 +60,7 @@ class NamespaceVm:
         self.notify = notify
         self.group = group
         self.scratch = scratch
-        self._console_fd = console_fd
-        self._console_buffer = b""
-        asyncio.get_running_loop().add_reader(console_fd, self._on_console)
+        self.console = Console(console_fd, f"vm uid {spec.owner_uid}")
         self.network: VmNetwork | None = None  # Nat mode's host side
 
     def __repr__(self) -> str:
@@ -75,27 +73,9 @@ class NamespaceVm:
     def running(self) -> bool:
         return self.process.poll() is None
 
-    def _on_console(self) -> None:
-        try:
-            data = os.read(self._console_fd, 65536)
-        except OSError:
-            data = b""
-        if not data:
-            asyncio.get_running_loop().remove_reader(self._console_fd)
-            return
-        lines = (self._console_buffer + data).split(b"\n")
-        self._console_buffer = lines.pop()[-4096:]
-        for line in lines:
-            log.warning("vm uid %d: %s", self.spec.owner_uid, line.decode(errors="replace"))
-
     async def wait(self, timeout: float) -> bool:
         """True once the VM's boot process has exited (and been reaped)."""
-        if self.process.poll() is not None:
-            return True
-        if not await wait_exited(self.process.pid, timeout):
-            return False
-        self.process.wait()
-        return True
+        return await wait_reaped(self.process, timeout)
 
     async def debug_shell(self, stdio: tuple[int, int, int], term: str | None) -> int:
         """Run a shell in the VM, outside every distribution, on *stdio* (lent: the caller
@@ -132,9 +112,7 @@ class NamespaceVm:
         if force or not await self.wait(STOP_TIMEOUT):
             await off_loop(self.group.kill)
             await self.wait(STOP_TIMEOUT)
-        with contextlib.suppress(OSError):
-            asyncio.get_running_loop().remove_reader(self._console_fd)
-            os.close(self._console_fd)
+        self.console.close()
         await off_loop(self.group.destroy)
         if self.network is not None:
             await self.network.stop()
