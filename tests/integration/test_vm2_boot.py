@@ -3,8 +3,10 @@ initramfs lxss writes, mini_init on the system disk reached over virtio-serial.
 
 The backend is not offered by the service yet (`--version 2` is still refused), so these
 tests drive lxss.vm.qemu directly: the document is what QEMU runs, QEMU runs as the
-owner, a clean shutdown is the guest powering off, a QEMU killed from outside is noticed
-at once, and nothing is left behind either way. Two boots (60 s budget each, TCG)."""
+owner, the debug console is a shell in the VM, memory the guest frees goes back to the
+host (free page reporting), a clean shutdown is the guest powering off, a QEMU killed
+from outside is noticed at once, and nothing is left behind either way. Two boots (60 s
+budget each, TCG)."""
 
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_the_vm_runs_its_document_as_its_owner_and_powers_off_cleanly(
+def test_the_vm_runs_its_document_as_its_owner_gives_memory_back_and_powers_off(
     files: qemu.BootFiles, place: tuple[Path, int, int]
 ) -> None:
     directory, uid, _ = place
@@ -72,9 +74,25 @@ def test_the_vm_runs_its_document_as_its_owner_and_powers_off_cleanly(
             assert document == vm.document
             cmdline = Path(f"/proc/{vm.process.pid}/cmdline").read_bytes().split(b"\0")[:-1]
             assert [w.decode() for w in cmdline] == qemu_command_line(document, qemu.QEMU)
-            status = Path(f"/proc/{vm.process.pid}/status").read_text()
-            assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in status
+            ids = Path(f"/proc/{vm.process.pid}/status").read_text()
+            assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in ids
             assert document.accelerator in ("tcg", "kvm") and document.accelerator_reason
+            # The debug console: a shell as the VM's root, outside every distribution.
+            status, out = await _in_vm(vm, "uname -r; cut -d' ' -f1 /proc/modules")
+            assert status == 0 and out.split()[0] == files.kernel.release
+            assert "virtio_balloon" in out.split()  # loaded from the modules disk
+            # Memory the guest touched and freed leaves QEMU (virtio-balloon free page
+            # reporting, what autoMemoryReclaim builds on).
+            baseline = _qemu_resident_mib(vm.process.pid)
+            status, _ = await _in_vm(vm, "dd if=/dev/zero of=/dev/shm/fill bs=1M count=200")
+            assert status == 0
+            filled = _qemu_resident_mib(vm.process.pid)
+            assert filled >= baseline + 150, (baseline, filled)
+            status, _ = await _in_vm(vm, "rm /dev/shm/fill")
+            deadline = time.monotonic() + 60.0
+            while (now := _qemu_resident_mib(vm.process.pid)) > filled - 150:
+                assert time.monotonic() < deadline, f"QEMU kept it: {baseline} {filled} {now}"
+                await asyncio.sleep(0.5)
         finally:
             await vm.stop(force=False)
         # mini_init returned when its channel closed and the guest powered off: status 0.
@@ -104,3 +122,32 @@ def test_a_qemu_killed_from_outside_is_noticed_at_once(
         assert not directory.exists() and _gone(vm.process.pid)
 
     asyncio.run(scenario())
+
+
+async def _in_vm(vm: qemu.QemuVm, command: str, timeout: float = 60.0) -> tuple[int, str]:
+    """Run *command* in the VM's debug console (busybox sh as the VM's root); its exit
+    status and output."""
+    path = next(p.socket for p in vm.document.serial_ports if p.name == qemu.DEBUG_PORT)
+    reader, writer = await asyncio.open_unix_connection(path)
+    marker = f"LXSS-DONE-{os.getpid()}-{time.monotonic_ns()}"
+    writer.write(f"{command}\necho {marker} $?\n".encode())
+    await writer.drain()
+    output = b""
+    try:
+        while (at := output.find(marker.encode())) < 0 or b"\n" not in output[at:]:
+            chunk = await asyncio.wait_for(reader.read(65536), timeout)
+            assert chunk, f"the debug console closed: {output!r}"
+            output += chunk
+    finally:
+        writer.close()
+    text = output.decode(errors="replace")
+    body, _, status = text.rpartition(marker)
+    return int(status.split()[0]), body
+
+
+def _qemu_resident_mib(pid: int) -> int:
+    """QEMU's resident memory, guest RAM included (a shared memfd: RssShmem)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Rss:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no Rss in smaps_rollup")

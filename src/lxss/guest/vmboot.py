@@ -133,6 +133,30 @@ def _pump(device: int, sock: int) -> int:
                 view = view[os.write(ends[fd], view) :]
 
 
+def _debug_console(port: str) -> None:
+    """A root shell on *port*, outside every distribution, one after another for as long as
+    the VM runs (WSL's debug console; `lxss --debug-shell`). The port is the owner's alone
+    on the host (a socket in their 0700 runtime directory), and the VM is theirs."""
+    device = os.open(port, os.O_RDWR | os.O_CLOEXEC)  # kept open: a closed port loses data
+    if os.fork() != 0:
+        os.close(device)
+        return
+    code = 1
+    try:
+        os.setsid()
+        sc.set_process_name("lxss-debugcon")
+        environment = {"PATH": "/usr/bin:/bin", "HOME": "/", "TERM": "dumb"}
+        while True:
+            shell = os.fork()
+            if shell == 0:
+                for target in (0, 1, 2):
+                    os.dup2(device, target)
+                os.execve("/usr/bin/busybox", ["sh"], environment)
+            os.waitpid(shell, 0)
+    finally:
+        os._exit(code)
+
+
 def main(argv: list[str]) -> int:
     try:
         with open("/proc/cmdline") as f:
@@ -144,6 +168,8 @@ def main(argv: list[str]) -> int:
             load_modules(modules)
         control = _bridge(serial_port(arguments.get("control", "lxss.control"), PORT_WAIT))
         notify = _bridge(serial_port(arguments.get("notify", "lxss.notify"), PORT_WAIT))
+        if arguments.get("debug"):
+            _debug_console(serial_port(arguments["debug"], PORT_WAIT))
     except (OSError, KeyError) as e:
         _log(f"cannot start: {e}")
         sc.power_off()

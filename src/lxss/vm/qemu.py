@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from lxss.aio import wait_exited, wait_reaped
+from lxss.aio import wait_readable, wait_reaped
 from lxss.protocol import messages as m
 from lxss.vm import accel, initramfs, kernel, sysdisk
 from lxss.vm.confined import off_loop
@@ -42,6 +42,7 @@ STOP_TIMEOUT: Final = 10.0
 ENTROPY_BYTES: Final = 4096  # what WSL's service sends in InitialConfig
 CONTROL_PORT: Final = "lxss.control"
 NOTIFY_PORT: Final = "lxss.notify"
+DEBUG_PORT: Final = "lxss.debug"
 # Loaded from the modules disk at boot (beyond the initramfs's): the balloon, for memory
 # given back to the host.
 LATE_MODULES: Final = ("virtio_balloon",)
@@ -82,6 +83,7 @@ def kernel_command_line(files: BootFiles, extra: str = "") -> str:
     if files.verdict.accelerator == "tcg" and files.verdict.tsc_khz:
         words += [f"tsc_early_khz={files.verdict.tsc_khz}", "tsc=reliable"]
     words += [f"lxss.control={CONTROL_PORT}", f"lxss.notify={NOTIFY_PORT}",
+              f"lxss.debug={DEBUG_PORT}",
               f"lxss.modules={','.join(LATE_MODULES)}"]  # fmt: skip
     return " ".join(words + extra.split())
 
@@ -110,6 +112,7 @@ def make_document(
         serial_ports=(
             SerialPort(CONTROL_PORT, os.path.join(directory, "control.sock")),
             SerialPort(NOTIFY_PORT, os.path.join(directory, "notify.sock")),
+            SerialPort(DEBUG_PORT, os.path.join(directory, "debug.sock")),
         ),
         free_page_reporting=True,
         notes={
@@ -160,6 +163,7 @@ class QemuVm:
         self.notify: GuestLink | None = None
         self.kernel_version = ""
         self.console = Console(console_fd, f"vm2 pid {process.pid}")
+        self._pidfd = os.pidfd_open(process.pid)  # before anyone may reap it
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     def __repr__(self) -> str:
@@ -169,9 +173,10 @@ class QemuVm:
         return self.process.poll() is None
 
     async def _watch(self) -> None:
-        """Close the links the moment QEMU ends, so whoever waits on them knows at once."""
-        await wait_exited(self.process.pid, None)
-        self.process.wait()
+        """Close the links the moment QEMU ends, so whoever waits on them knows at once.
+        (By the pidfd opened at the start: whoever reaps QEMU first, this still wakes.)"""
+        await wait_readable(self._pidfd, None)
+        self.process.poll()
         for link in (self.control, self.notify):
             if link is not None:
                 link.close()
@@ -257,5 +262,8 @@ class QemuVm:
         self._watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._watcher
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
         self.console.close()
         await off_loop(lambda: shutil.rmtree(self.directory, ignore_errors=True))

@@ -4,7 +4,8 @@ How Python reaches the guest (docs/version2.md says why this way): a read-only e
 disk made from the host's own interpreter, as WSL's system distribution is a disk of
 its own. It holds the interpreter, the standard library (with its compiled files,
 less the parts the guest never imports), the shared libraries they link to (found
-with ldd), lxss's source compiled for its place on the disk, and empty mount points.
+with ldd), lxss's source compiled for its place on the disk, a static busybox (the
+debug console's shell) and empty mount points.
 The guest sees nothing of the host but this: no host file system is served to it for
 its userland, so a guest's root learns nothing about the host from it.
 
@@ -36,6 +37,7 @@ _STDLIB_LEFT_OUT: Final = frozenset({
     "distutils", "site-packages", "dist-packages", "venv", "config-3.11-x86_64-linux-gnu",
     "__phello__", "unittest", "sqlite3",
 })  # fmt: skip
+BUSYBOX: Final = "/bin/busybox"  # the debug console's shell (Debian's busybox-static)
 _SOURCE_DIR: Final = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -62,7 +64,7 @@ def key() -> str:
     """What the disk is made of, as a short hash: a new interpreter or any change to
     lxss's source makes a new disk."""
     digest = hashlib.sha256(f"format {FORMAT}\n".encode())
-    for path in [interpreter(), *_source_files()]:
+    for path in [interpreter(), BUSYBOX, *_source_files()]:
         status = os.stat(path)
         digest.update(f"{path} {status.st_size} {status.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
@@ -122,6 +124,8 @@ def stage(staging: str) -> None:
     for directory in MOUNT_POINTS:
         os.makedirs(os.path.join(staging, directory), mode=0o755, exist_ok=True)
     _place(python, staging, "/usr/bin/python3")
+    _place(BUSYBOX, staging, "/usr/bin/busybox")
+    os.symlink("busybox", os.path.join(staging, "usr/bin/sh"))
     _copy_tree(stdlib, staging, stdlib, _STDLIB_LEFT_OUT)
     dynload = os.path.join(stdlib, "lib-dynload")
     extensions = [os.path.join(dynload, f) for f in os.listdir(dynload) if f.endswith(".so")]
