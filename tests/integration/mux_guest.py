@@ -4,7 +4,7 @@
 
 The multiplexer's guest end (lxss.guest.muxport) on DEVICE (a pty's slave) or descriptor
 N, and on the channel the host opens for mini_init's service a real session leader
-(lxss.guest.session) serving InitCreateProcess with real relays, as in a distribution.
+(lxss.guest.session_leader) serving InitCreateProcess with real relays, as in a distribution.
 Prints the multiplexer's pid, then serves until the host closes the channel.
 Runs in a session of its own (the test kills its relays and programs by that group).
 """
@@ -15,7 +15,7 @@ import os
 import sys
 import tty
 
-from lxss.guest import session
+from lxss.guest import session_leader
 from lxss.guest.muxport import MuxPort
 from lxss.guest.process import Context
 from lxss.guest.users import UserDatabase
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     if pid == 0:
         code = 1
         try:
-            code = session.main(channel, context)
+            code = session_leader.main(channel, context)
         finally:
             os._exit(code)
     channel.close()

@@ -29,7 +29,7 @@ import pytest
 from conftest import TEST_USERS, Result, Service, busybox_tarball
 from mgmt import User, registry_rows, rootfs_of, shared_dir
 
-from lxss.vm.cgroup import Layout
+from lxss.linux.cgroup import Layout
 
 HERE = Path(__file__).resolve().parent
 ATTACKER, OTHER = TEST_USERS

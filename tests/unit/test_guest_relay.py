@@ -1,4 +1,4 @@
-"""The relay's exit status rule (lxss.guest.relay.exit_code), on real wait statuses."""
+"""The relay's exit status rule (lxss.linux.children.exit_code), on real wait statuses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lxss.guest.relay import exit_code
+from lxss.linux.children import exit_code
 
 
 def _status_of(code: str) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lxss.service.runtime import MAX_WARNING_LENGTH, MAX_WARNINGS, bounded_warnings
+from lxss.service.launch import MAX_WARNING_LENGTH, MAX_WARNINGS, bounded_warnings
 
 
 def test_few_warnings_pass_unchanged() -> None:

@@ -31,7 +31,7 @@ from lxss import readiness
 from lxss.config.osrelease import parse_os_release
 from lxss.config.resolvconf import Resolvers, render_resolv_conf
 from lxss.config.wslconf import read_wsl_conf, read_wsl_distribution_conf
-from lxss.guest import session
+from lxss.guest import session_leader
 from lxss.guest.process import Context
 from lxss.guest.users import UserDatabase
 from lxss.linux import seccomp
@@ -236,7 +236,7 @@ class Init:
                 self.channel.close()
                 self.children.close()
                 _reset_child()
-                code = session.main(ours, context)
+                code = session_leader.main(ours, context)
             finally:
                 os._exit(code)
         ours.close()

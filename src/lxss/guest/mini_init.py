@@ -37,9 +37,8 @@ import traceback
 from lxss import readiness
 from lxss.guest import gns, init, mounts
 from lxss.guest.identity import default_ids
-from lxss.guest.relay import exit_code
 from lxss.linux import syscalls as sc
-from lxss.linux.children import ChildWatch
+from lxss.linux.children import ChildWatch, exit_code
 from lxss.linux.entropy import add_entropy
 from lxss.linux.idmap import enter_nested_user_namespace, swap_lines
 from lxss.linux.proctitle import set_title

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from lxss import readiness
 from lxss.guest.process import Plan
 from lxss.linux import syscalls as sc
-from lxss.linux.children import ChildWatch
+from lxss.linux.children import ChildWatch, exit_code
 from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
@@ -50,17 +50,6 @@ _STANDARD = (
     (m.InitCreateProcess.STDOUT_CONSOLE, "stdout"),
     (m.InitCreateProcess.STDERR_CONSOLE, "stderr"),
 )
-
-
-def exit_code(status: int) -> int:
-    """A raw wait(2) *status* as lxss reports it: the exit code, or 128+N for death by signal N.
-
-    The one place for the rule (the shell's): the relay reports programs with it, and
-    nsboot the end of mini_init.
-    """
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
 
 
 def set_window_size(fd: int, rows: int, columns: int) -> None:

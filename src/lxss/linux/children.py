@@ -11,6 +11,17 @@ import os
 import signal
 
 
+def exit_code(status: int) -> int:
+    """A raw wait(2) *status* as lxss reports it: the exit code, or 128+N for death by signal N.
+
+    The one place for the rule (the shell's): the relay reports programs with it, nsboot
+    the end of mini_init, mini_init the end of a distribution's init.
+    """
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
 def _record(signum: int, frame: object) -> None:
     pass  # the wakeup fd already says a child changed state
 

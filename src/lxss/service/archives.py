@@ -20,10 +20,10 @@ from typing import Any, Final
 from lxss.aio import communicate, kill_and_reap
 from lxss.archive import busybox, icon
 from lxss.bootstrap import bootstrap_argv
+from lxss.linux.cgroup import Cgroup, Limits
+from lxss.linux.confine import off_loop, start_in
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import spawn_mapped
-from lxss.vm.cgroup import Cgroup, Limits
-from lxss.vm.confined import off_loop, start_in
 
 log = logging.getLogger(__name__)
 

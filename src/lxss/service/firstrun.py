@@ -25,7 +25,7 @@ import logging
 import os
 import pwd
 import socket
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from lxss.api import errors
 from lxss.protocol import control
@@ -33,20 +33,39 @@ from lxss.protocol import messages as m
 from lxss.text import one_line
 
 if TYPE_CHECKING:
-    from lxss.api.server import Call
-    from lxss.service.runtime import Instance, Runtime
+    from collections.abc import Coroutine
+    from typing import Any
+
+    from lxss.service.instance import Instance
+    from lxss.service.launch import LaunchFds, LaunchRequest
+    from lxss.service.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+class Runtime(Protocol):
+    """What a first-run setup needs of the user's runtime (lxss.service.runtime), which
+    calls it: named here so that the two modules do not import each other."""
+
+    uid: int
+    registry: Registry
+    first_runs: dict[str, asyncio.Event]
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None: ...
+
+    def track_relay(self, instance: Instance, lifetime: socket.socket) -> None: ...
+
+    def arm_idle_if_current(self, instance: Instance) -> None: ...
+
+    async def launch_shell(
+        self, instance: Instance, request: LaunchRequest, flags: int, fds: LaunchFds
+    ) -> None: ...
+
 
 # It waits for a person typing a user name: long, but not forever.
 FIRST_RUN_TIMEOUT: Final = 6 * 3600.0
 QUERY_TIMEOUT: Final = 30.0
 FAILED_STATUS: Final = 1  # the launch's exit status when the command fails, as in WSL
-
-
-def wanted(call: Call) -> bool:
-    """Only an interactive shell runs the setup (WSL: no filename and no command line)."""
-    return call.parameters.get("filename") is None and not call.parameters.get("commandLine")
 
 
 async def query(instance: Instance) -> m.InitDistributionConf:
@@ -57,40 +76,40 @@ async def query(instance: Instance) -> m.InitDistributionConf:
     return reply
 
 
-async def start(runtime: Runtime, instance: Instance, call: Call, flags: int,
-                fds: dict[str, int | None]) -> bool:  # fmt: skip
+async def start(runtime: Runtime, instance: Instance, request: LaunchRequest, flags: int,
+                fds: LaunchFds) -> bool:  # fmt: skip
     """Start the setup if *instance*'s distribution has a command for it; False when it has
     none (the setup is then over, and the caller launches the shell itself).
 
     On True the setup owns copies of *fds* and finishes in the background: the shell, or
     the failure's message and status, reach the client on them.
     """
-    registry = runtime.session.registry
+    registry = runtime.registry
     before = await query(instance)
     instance.warnings += list(before.warnings)
     if not before.oobe_command:
         registry.set_first_run(instance.distribution.guid, False)
         return False
     command = before.oobe_command
-    log.info("uid %d: %s: running the first-run command", runtime.session.uid,
+    log.info("uid %d: %s: running the first-run command", runtime.uid,
              instance.distribution.name)  # fmt: skip
-    saved = {role: None if fd is None else os.dup(fd) for role, fd in fds.items()}
+    saved = fds.dup()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     lifetime, lifetime_remote = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        message = _command_message(runtime, instance, call, flags, command)
+        message = _command_message(runtime, instance, request, flags, command)
         ordered = message.order_fds(
             m.CreateProcessFds(
                 control=theirs.fileno(), lifetime=lifetime_remote.fileno(),
-                console=saved["console"], stdin=saved["stdin"], stdout=saved["stdout"],
-                stderr=saved["stderr"],
+                console=saved.console, stdin=saved.stdin, stdout=saved.stdout,
+                stderr=saved.stderr,
             )
         )  # fmt: skip
-        await runtime.launch_message(instance, message, ordered, call.parameters["consoleId"])
+        await instance.launch(message, ordered, request.console_id)
     except BaseException:
         for sock in (ours, lifetime):
             sock.close()
-        _close(saved)
+        saved.close()
         raise
     finally:
         theirs.close()
@@ -99,21 +118,20 @@ async def start(runtime: Runtime, instance: Instance, call: Call, flags: int,
     done = asyncio.Event()
     runtime.first_runs[instance.distribution.guid] = done
     instance.launching += 1  # busy until the shell has started (or the setup failed)
-    runtime.spawn(_finish(runtime, instance, call, flags, saved, command, ours, done))
+    runtime.spawn(_finish(runtime, instance, request, flags, saved, command, ours, done))
     return True
 
 
-def _command_message(runtime: Runtime, instance: Instance, call: Call, flags: int,
+def _command_message(runtime: Runtime, instance: Instance, request: LaunchRequest, flags: int,
                      command: str) -> m.InitCreateProcess:  # fmt: skip
-    owner = runtime.session.uid
+    owner = runtime.uid
     try:
         owner_name = pwd.getpwuid(owner).pw_name
     except KeyError:
         owner_name = ""
-    p = call.parameters
     return m.InitCreateProcess(
-        rows=max(1, min(p["rows"], 0xFFFF)),
-        columns=max(1, min(p["columns"], 0xFFFF)),
+        rows=request.rows,
+        columns=request.columns,
         flags=flags,
         shell_options=m.InitCreateProcess.KEEP_CONSOLE,  # the shell follows on it
         default_uid=0,
@@ -122,7 +140,7 @@ def _command_message(runtime: Runtime, instance: Instance, call: Call, flags: in
         username="root",
         command_line=("sh", "-c", command),
         environment=(
-            *p["environment"],
+            *request.environment,
             f"LXSS_HOST_USER={owner_name}",
             f"LXSS_HOST_UID={owner}",
             f"WSL_DISTRO_NAME={instance.distribution.name}",
@@ -132,8 +150,8 @@ def _command_message(runtime: Runtime, instance: Instance, call: Call, flags: in
     )
 
 
-async def _finish(runtime: Runtime, instance: Instance, call: Call, flags: int,
-                  saved: dict[str, int | None], command: str, ours: socket.socket,
+async def _finish(runtime: Runtime, instance: Instance, request: LaunchRequest, flags: int,
+                  saved: LaunchFds, command: str, ours: socket.socket,
                   done: asyncio.Event) -> None:  # fmt: skip
     distribution = instance.distribution
     try:
@@ -145,18 +163,18 @@ async def _finish(runtime: Runtime, instance: Instance, call: Call, flags: int,
                          "of its shell")  # fmt: skip
             return
         after = await query(instance)
-        runtime.session.registry.set_first_run(distribution.guid, False)
+        runtime.registry.set_first_run(distribution.guid, False)
         if after.oobe_default_uid >= 0:
-            runtime.session.registry.configure(distribution.guid, after.oobe_default_uid, None)
+            runtime.registry.configure(distribution.guid, after.oobe_default_uid, None)
             instance.default_uid = after.oobe_default_uid
-        await runtime.launch_shell(instance, call, flags, saved)
+        await runtime.launch_shell(instance, request, flags, saved)
     except Exception as e:
         reason = e.parameters.get("reason") if isinstance(e, errors.VarlinkError) else None
-        log.warning("uid %d: %s: first run: %s", runtime.session.uid, distribution.name, e)
+        log.warning("uid %d: %s: first run: %s", runtime.uid, distribution.name, e)
         _tell_client(saved, 255, f"lxss: '{distribution.name}': {reason or e}")
     finally:
         ours.close()
-        _close(saved)
+        saved.close()
         runtime.first_runs.pop(distribution.guid, None)
         done.set()
         instance.launching -= 1
@@ -178,11 +196,11 @@ async def _exit_status(sock: socket.socket) -> int:
             return code
 
 
-def _tell_client(saved: dict[str, int | None], status: int, line: str) -> None:
+def _tell_client(saved: LaunchFds, status: int, line: str) -> None:
     """End the client's session: *line* on its terminal (or stderr), then *status* on its
     control channel, then the end of its console."""
     text = one_line(line)
-    console, stderr, control_fd = saved["console"], saved["stderr"], saved["control"]
+    console, stderr, control_fd = saved.console, saved.stderr, saved.control
     with contextlib.suppress(OSError):
         if console is not None:
             os.write(console, (text + "\r\n").encode(errors="replace"))
@@ -194,9 +212,3 @@ def _tell_client(saved: dict[str, int | None], status: int, line: str) -> None:
     if console is not None:
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(console)) as sock:
             sock.shutdown(socket.SHUT_WR)
-
-
-def _close(saved: dict[str, int | None]) -> None:
-    for fd in saved.values():
-        if fd is not None:
-            os.close(fd)

@@ -13,20 +13,18 @@ import os
 import platform
 import pwd
 import stat
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lxss import __version__
 from lxss.api import errors
 from lxss.api.server import Call, Replies, paged
 from lxss.linux.subids import subordinate_owner
+from lxss.service.launch import LaunchFds, LaunchRequest
+from lxss.service.owner import Owner
 from lxss.service.registry import Registry
-from lxss.service.session import Owner, UserSession
 from lxss.service.settings import Settings
-
-if TYPE_CHECKING:
-    from lxss.service.runtime import Runtime
-
+from lxss.service.user_session import UserSession
+from lxss.vm.backend import VmBackend
 
 _OWNER_CACHE = 65536  # entries: more than a few users' distributions ever connect from
 
@@ -46,11 +44,11 @@ def _check_stream_fd(fd: int, parameter: str, writing: bool) -> None:
 
 
 class ServiceHandler:
-    def __init__(self, registry: Registry, settings: Settings) -> None:
+    def __init__(self, registry: Registry, settings: Settings, backend: VmBackend) -> None:
         self.registry = registry
         self.settings = settings
+        self.backend = backend
         self.sessions: dict[int, UserSession] = {}
-        self.runtime_factory: Callable[[UserSession], Runtime] | None = None  # set by main
         self._owners: dict[int, int] = {}  # peer uid -> owner, while /etc/subuid is unchanged
         self._owners_stamp: tuple[int, int, int] | None = None
 
@@ -58,9 +56,7 @@ class ServiceHandler:
         """The one UserSession of *uid* (created on first use, kept for the service's life)."""
         session = self.sessions.get(uid)
         if session is None:
-            session = UserSession(Owner.lookup(uid), self.registry, self.settings)
-            if self.runtime_factory is not None:
-                session.runtime = self.runtime_factory(session)
+            session = UserSession(Owner.lookup(uid), self.registry, self.settings, self.backend)
             self.sessions[uid] = session
         return session
 
@@ -221,8 +217,6 @@ class ServiceHandler:
         if call.peer.uid != 0:
             raise errors.PermissionDenied(reason="--debug-shell is for root only")
         session = self.session(call)
-        if session.runtime is None:
-            raise errors.MethodNotImplemented(method=call.method)
         fds = call.take_fds("stdin", "stdout", "stderr")
         try:
             stdin, stdout, stderr = fds["stdin"], fds["stdout"], fds["stderr"]
@@ -238,22 +232,22 @@ class ServiceHandler:
 
     async def CreateLxProcess(self, call: Call) -> dict[str, Any]:
         session = self.session(call)
-        if session.runtime is None:
-            raise errors.MethodNotImplemented(method=call.method)
-        result: dict[str, Any] = await session.runtime.create_process(call)
-        return result
+        distribution = session.resolve(call.parameters.get("distribution"))
+        session.ensure_unlocked(distribution)
+        request = LaunchRequest.from_parameters(call.parameters)
+        fds = LaunchFds(**call.take_fds("control", "console", "stdin", "stdout", "stderr"))
+        warnings = await session.runtime.create_process(distribution, request, fds)
+        return {"guid": distribution.guid, "name": distribution.name, "warnings": warnings}
 
     async def TerminateDistribution(self, call: Call) -> dict[str, Any]:
         session = self.session(call)
         distribution = session.find(call.parameters["distribution"])
-        if session.runtime is not None:
-            await session.runtime.terminate(distribution.guid, force=True)
+        await session.runtime.terminate(distribution.guid, force=True)
         return {}
 
     async def Shutdown(self, call: Call) -> dict[str, Any]:
         session = self.session(call)
-        if session.runtime is not None:
-            await session.runtime.shutdown(force=call.parameters["force"])
+        await session.runtime.shutdown(force=call.parameters["force"])
         return {}
 
     async def GetStatus(self, call: Call) -> dict[str, Any]:
@@ -262,7 +256,6 @@ class ServiceHandler:
         default = (
             self.registry.get(user.default_distribution) if user.default_distribution else None
         )
-        runtime = session.runtime
         running = [
             d.name
             for d in self.registry.distributions(session.uid)
@@ -271,8 +264,8 @@ class ServiceHandler:
         return {
             "defaultDistribution": default.name if default else None,
             "defaultVersion": user.default_version,
-            "vmRunning": bool(runtime and runtime.vm_running()),
+            "vmRunning": session.runtime.vm_running(),
             "running": running,
-            "backends": list(runtime.backends()) if runtime else ["1"],
-            "network": runtime.network_status() if runtime else {},
+            "backends": list(session.runtime.backends()),
+            "network": session.runtime.network_status(),
         }

@@ -24,7 +24,10 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Callable
 from typing import Final
+
+from lxss.service.registry import Distribution, Registry
 
 LEVEL: Final = "distribution"  # the directory lxssd makes inside a user's location
 ROOTFS: Final = "rootfs"
@@ -170,3 +173,28 @@ def remove_base(path: str, owner_uid: int, expected: Identity | None) -> None:
             os.rmdir(name, dir_fd=parent_fd)
     finally:
         os.close(parent_fd)
+
+
+def registered_identity(distribution: Distribution) -> Identity | None:
+    """The base directory's identity recorded at registration (None for an older row)."""
+    if distribution.base_dev is None or distribution.base_ino is None:
+        return None
+    return distribution.base_dev, distribution.base_ino
+
+
+def check_files(
+    registry: Registry, distribution: Distribution, failure: Callable[[str], Exception]
+) -> None:
+    """Refuse (with *failure*) a distribution whose files are not the ones registered.
+    A row from before identities were recorded gets its identity now, once the directory
+    has passed every other check."""
+    expected = registered_identity(distribution)
+    try:
+        found = check_base(distribution.base_path, distribution.owner_uid, expected)
+    except (LocationError, OSError) as e:
+        raise failure(
+            f"its files cannot be used: {e}; lxss --unregister {distribution.name}"
+            " removes the registration"
+        ) from None
+    if expected is None:
+        registry.set_base(distribution.guid, distribution.base_path, found)

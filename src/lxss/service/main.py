@@ -22,10 +22,12 @@ import sys
 from lxss import __version__, sdnotify
 from lxss.api.interface import INTERFACE_FILE
 from lxss.api.server import Limits, VarlinkServer
-from lxss.service import registry, runtime
+from lxss.linux import cgroup
+from lxss.service import registry
 from lxss.service.handler import ServiceHandler
 from lxss.service.registry import Registry
 from lxss.service.settings import Settings
+from lxss.vm.namespace import NamespaceBackend
 
 log = logging.getLogger("lxssd")
 
@@ -197,9 +199,14 @@ async def serve(settings: Settings, systemd: bool) -> None:
     os.makedirs(settings.state_dir, 0o755, exist_ok=True)
     db = Registry(settings.registry_path)
     os.chmod(settings.registry_path, 0o600)
-    handler = ServiceHandler(db, settings)
-    handler.runtime_factory = runtime.runtime_factory(settings)
-    runtime.clean_stale(settings)
+    backend = NamespaceBackend(
+        cgroup.Layout.detect(),
+        settings.cgroup_name,
+        settings.runtime_dir,
+        settings.host_resolv_conf,
+    )
+    handler = ServiceHandler(db, settings, backend)
+    backend.recover()
     await _recover(handler, db)
     with open(INTERFACE_FILE, encoding="utf-8") as f:
         interface = f.read()
@@ -224,10 +231,9 @@ async def serve(settings: Settings, systemd: bool) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await serving
         for session in list(handler.sessions.values()):
-            if session.runtime is not None:
-                with contextlib.suppress(Exception):
-                    await session.runtime.shutdown(force=False)
-        runtime.clean_exit(settings)
+            with contextlib.suppress(Exception):
+                await session.runtime.shutdown(force=False)
+        backend.close()
         listener.close()
         if not systemd:
             with contextlib.suppress(FileNotFoundError):

@@ -19,8 +19,8 @@ import os
 import signal
 import sys
 
-from lxss.guest.relay import exit_code
 from lxss.linux import syscalls as sc
+from lxss.linux.children import exit_code
 
 # Joined in this order: the user namespace first, since it owns the others.
 NAMESPACES = (

@@ -20,11 +20,12 @@ from dataclasses import replace
 from lxss.aio import wait_exited, wait_reaped
 from lxss.bootstrap import bootstrap_argv
 from lxss.config.resolvconf import HOST_RESOLV_CONF
+from lxss.linux.cgroup import Cgroup, Layout, Limits, remove_root, stale_groups
+from lxss.linux.confine import off_loop, start_in
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import spawn_mapped
 from lxss.protocol import messages as m
-from lxss.vm.cgroup import Cgroup, Layout, Limits
-from lxss.vm.confined import off_loop, start_in
+from lxss.vm import nat
 from lxss.vm.console import Console
 from lxss.vm.link import GuestLink
 from lxss.vm.nsnet import VmNetwork
@@ -181,6 +182,23 @@ class NamespaceBackend:
     def network_state_dir(self) -> str:
         """Where each NAT VM's host-side changes are recorded (see lxss.vm.nat.recover)."""
         return os.path.join(self.runtime_dir, "net")
+
+    def recover(self) -> None:
+        """Remove what a previous service (killed, crashed) left: VM cgroups and scratch
+        directories."""
+        for group in stale_groups(self.layout, self.cgroup_root):
+            log.warning("removing stale cgroup %s", group.relative)
+            group.destroy()
+        nat.recover(self.network_state_dir)  # veths, nft tables, sysctls
+        scratch_root = os.path.join(self.runtime_dir, "vm")
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(scratch_root):
+                with contextlib.suppress(OSError):
+                    os.rmdir(entry.path)
+
+    def close(self) -> None:
+        """What the service removes when it stops, after every VM has: its top cgroup."""
+        remove_root(self.layout, self.cgroup_root)
 
     def scratch_dir(self, uid: int) -> str:
         return os.path.join(self.runtime_dir, "vm", str(uid))

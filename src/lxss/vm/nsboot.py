@@ -19,9 +19,9 @@ import signal
 import sys
 
 from lxss.guest import gns, mini_init
-from lxss.guest.relay import exit_code
 from lxss.linux import syscalls as sc
 from lxss.linux import userns
+from lxss.linux.children import exit_code
 from lxss.linux.proctitle import set_title
 from lxss.vm.spec import VmSpec
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from lxss.aio import wait_exited
 from lxss.bootstrap import bootstrap_argv
+from lxss.linux.confine import off_loop
 from lxss.linux.userns import PARENT_ENV
 from lxss.vm import nat
-from lxss.vm.confined import off_loop
 from lxss.vm.dnsproxy import DnsProxy
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from lxss.aio import wait_readable, wait_reaped
+from lxss.linux.confine import off_loop
 from lxss.protocol import messages as m
 from lxss.vm import accel, initramfs, kernel, sysdisk
-from lxss.vm.confined import off_loop
 from lxss.vm.console import Console
 from lxss.vm.document import Disk, SerialPort, VmDocument, qemu_command_line
 from lxss.vm.link import GuestLink

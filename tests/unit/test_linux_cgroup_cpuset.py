@@ -1,4 +1,4 @@
-"""[wsl2] processors as a cpuset (lxss.vm.cgroup), on made-up hierarchies of both layouts:
+"""[wsl2] processors as a cpuset (lxss.linux.cgroup), on made-up hierarchies of both layouts:
 a cgroup v1 cpuset controller (a hybrid host) and cgroup2's."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lxss.vm.cgroup import Cgroup, Layout, Limits, format_cpu_list, parse_cpu_list
+from lxss.linux.cgroup import Cgroup, Layout, Limits, format_cpu_list, parse_cpu_list
 
 
 @pytest.mark.parametrize(

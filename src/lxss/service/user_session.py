@@ -13,25 +13,22 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import stat
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 from lxss.api import errors
 from lxss.archive.formats import EXPORT_FORMATS
-from lxss.linux.subids import Mapping, NoFreeRange, ensure_mapping, user_ranges
+from lxss.linux.cgroup import Cgroup, Layout
 from lxss.oci import layer_stream
 from lxss.service import archives, builders, locations, quotas, registry
-from lxss.service.locations import Identity
+from lxss.service.locations import Identity, registered_identity
+from lxss.service.locks import DistributionLocks
+from lxss.service.owner import Owner, OwnerIds
 from lxss.service.registry import Distribution, Registry
+from lxss.service.runtime import Runtime
 from lxss.service.settings import Settings
-from lxss.vm.cgroup import Cgroup, Layout
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from lxss.service.runtime import Runtime
+from lxss.vm.backend import VmBackend
 
 log = logging.getLogger(__name__)
 
@@ -42,72 +39,32 @@ RUNNING = "Running"
 STOPPED = "Stopped"
 
 
-@dataclass(frozen=True)
-class Owner:
-    uid: int
-    gid: int
-    name: str
-    home: str
-
-    @classmethod
-    def lookup(cls, uid: int) -> Owner:
-        try:
-            entry = pwd.getpwuid(uid)
-        except KeyError:
-            return cls(uid, uid, str(uid), "/")
-        return cls(uid, entry.pw_gid, entry.pw_name, entry.pw_dir)
-
-
 class UserSession:
-    def __init__(self, owner: Owner, registry: Registry, settings: Settings) -> None:
+    def __init__(self, owner: Owner, registry: Registry, settings: Settings,
+                 backend: VmBackend) -> None:  # fmt: skip
         self.owner = owner
         self.uid = owner.uid
         self.registry = registry
         self.settings = settings
-        self.locked: dict[str, str] = {}
-        self._mapping: Mapping | None = None
+        self.ids = OwnerIds(owner, settings)
+        self.locks = DistributionLocks()
+        self.runtime = Runtime(self.ids, registry, self.locks, settings, backend)
         self._workers = 0
         # Each worker may use 1 GiB: a few at a time per user keeps one user from taking
         # the machine's memory with parallel imports; the others wait their turn.
         self._worker_slots = asyncio.Semaphore(MAX_WORKERS)
         self._lock = asyncio.Lock()
-        self.runtime: Runtime | None = None  # set by the service: the VM and instances
 
     def __repr__(self) -> str:
-        return f"<UserSession uid={self.uid} locked={self.locked}>"
+        return f"<UserSession uid={self.uid} {self.locks!r}>"
 
     # Helpers -------------------------------------------------------------------
-
-    def mapping(self) -> Mapping:
-        if self._mapping is None:
-            self._mapping = ensure_mapping(
-                self.owner.uid,
-                self.owner.gid,
-                self.owner.name,
-                self.settings.subid_lock_path,
-                self.settings.subuid_file,
-                self.settings.subgid_file,
-            )
-        return self._mapping
-
-    def run_mapping(self, root_distributions_mapped: bool) -> Mapping:
-        """The mapping the utility VM runs with: the stored one, except that root's
-        distributions, when mapped, play their owner as the last id of root's range."""
-        mapping = self.mapping()
-        if self.uid != 0 or not root_distributions_mapped:
-            return mapping
-        uid_range, gid_range = user_ranges(
-            0, self.owner.name, self.settings.subuid_file, self.settings.subgid_file
-        )
-        if uid_range is None or gid_range is None:
-            raise NoFreeRange("root has no subordinate range in /etc/subuid or /etc/subgid")
-        return mapping.with_root_faces(uid_range, gid_range)
 
     def jail(self) -> archives.Jail:
         """Identity and cgroup for one archive worker of this user."""
         self._workers += 1
         name = f"{self.settings.cgroup_name}/worker-{self.uid}-{self._workers}"
-        return archives.Jail(self.mapping(), Cgroup(Layout.detect(), name), self._worker_slots)
+        return archives.Jail(self.ids.mapping(), Cgroup(Layout.detect(), name), self._worker_slots)
 
     def find(self, name_or_guid: str) -> Distribution:
         distribution = self.registry.find(self.uid, name_or_guid)
@@ -126,24 +83,20 @@ class UserSession:
         return distribution
 
     def state_of(self, distribution: Distribution) -> str:
-        if distribution.guid in self.locked:
-            return self.locked[distribution.guid]
+        held = self.locks.state(distribution.guid)
+        if held is not None:
+            return held
         if distribution.state != registry.INSTALLED:
             return distribution.state
-        if self.runtime is not None and self.runtime.is_running(distribution.guid):
+        if self.runtime.is_running(distribution.guid):
             return RUNNING
         return STOPPED
 
     def ensure_unlocked(self, distribution: Distribution) -> None:
-        state = self.locked.get(distribution.guid)
-        if state is None and distribution.state != registry.INSTALLED:
-            state = distribution.state
-        if state is not None:
-            raise errors.InvalidState(distribution=distribution.name, state=state)
+        self.locks.ensure_unlocked(distribution)
 
     async def _stop_instance(self, distribution: Distribution) -> None:
-        if self.runtime is not None:
-            await self.runtime.terminate(distribution.guid, force=True)
+        await self.runtime.terminate(distribution.guid, force=True)
 
     # Registration --------------------------------------------------------------
 
@@ -255,7 +208,7 @@ class UserSession:
                 if isinstance(e, registry.NameTaken):
                     raise errors.DistroNameAlreadyExists(name=name) from None
                 raise
-            self.locked[guid] = registry.INSTALLING
+            self.locks.hold(guid, registry.INSTALLING)
         try:
             jail = self.jail()
             if archive_fd is not None and layers is not None:
@@ -284,7 +237,7 @@ class UserSession:
                 raise errors.ImportFailed(reason=str(e)) from None
             raise
         finally:
-            self.locked.pop(guid, None)
+            self.locks.release(guid)
         log.info("uid %d: registered %s (%s) at %s", self.uid, name, guid, base)
         installed = self.registry.get(guid)
         assert installed is not None
@@ -325,17 +278,11 @@ class UserSession:
             log.error("uid %d: discarding %s: %s", self.uid, record.name, left)
         self.registry.remove(record.guid)
 
-    @staticmethod
-    def _identity(distribution: Distribution) -> Identity | None:
-        if distribution.base_dev is None or distribution.base_ino is None:
-            return None
-        return distribution.base_dev, distribution.base_ino
-
     def _remove_base(self, distribution: Distribution) -> None:
         """rmdir the (empty) base directory lxssd made; OSError if it cannot."""
         if distribution.managed_base:
             locations.remove_base(
-                distribution.base_path, distribution.owner_uid, self._identity(distribution)
+                distribution.base_path, distribution.owner_uid, registered_identity(distribution)
             )
 
     async def _remove_files(self, distribution: Distribution) -> str | None:
@@ -344,7 +291,7 @@ class UserSession:
         comes back as one sentence (None when nothing is)."""
         base = distribution.base_path
         try:
-            left = await archives.remove_tree(self.jail(), base, self._identity(distribution))
+            left = await archives.remove_tree(self.jail(), base, registered_identity(distribution))
         except (archives.WorkerFailed, OSError) as e:
             return f"its files were not removed: {e}"
         if left.failures:
@@ -358,26 +305,10 @@ class UserSession:
             return f"its directory {base} was left: {e.strerror}"
         return None
 
-    def check_files(self, distribution: Distribution, failure: Callable[[str], Exception]) -> None:
-        """Refuse (with *failure*) a distribution whose files are not the ones registered:
-        see lxss.service.locations. A row from before identities were recorded gets its
-        identity now, once the directory has passed every other check."""
-        expected = self._identity(distribution)
-        try:
-            found = locations.check_base(distribution.base_path, distribution.owner_uid, expected)
-        except (locations.LocationError, OSError) as e:
-            raise failure(
-                f"its files cannot be used: {e}; lxss --unregister {distribution.name}"
-                " removes the registration"
-            ) from None
-        if expected is None:
-            self.registry.set_base(distribution.guid, distribution.base_path, found)
-
     def check_version(self, version: int) -> None:
         if version not in (1, 2):
             raise errors.InvalidArgument(parameter="version", reason="must be 1 or 2")
-        backends = self.runtime.backends() if self.runtime is not None else ("1",)
-        if str(version) not in backends:
+        if str(version) not in self.runtime.backends():
             raise errors.VersionNotSupported(
                 version=version,
                 reason="this lxss has no QEMU backend yet; use version 1",
@@ -388,18 +319,17 @@ class UserSession:
         as they can be; the warnings say what is left and where."""
         async with self._lock:
             distribution = self.find(name_or_guid)
-            if distribution.guid in self.locked:
-                raise errors.InvalidState(
-                    distribution=distribution.name, state=self.locked[distribution.guid]
-                )
-            self.locked[distribution.guid] = registry.UNINSTALLING
+            held = self.locks.state(distribution.guid)
+            if held is not None:
+                raise errors.InvalidState(distribution=distribution.name, state=held)
+            self.locks.hold(distribution.guid, registry.UNINSTALLING)
         try:
             await self._stop_instance(distribution)
             self.registry.set_state(distribution.guid, registry.UNINSTALLING)
             left = await self._remove_files(distribution)
             self.registry.remove(distribution.guid)
         finally:
-            self.locked.pop(distribution.guid, None)
+            self.locks.release(distribution.guid)
         log.info("uid %d: unregistered %s", self.uid, distribution.name)
         if left is None:
             return []
@@ -437,18 +367,20 @@ class UserSession:
         async with self._lock:
             distribution = self.find(name_or_guid)
             self.ensure_unlocked(distribution)
-            self.locked[distribution.guid] = EXPORTING
+            self.locks.hold(distribution.guid, EXPORTING)
         try:
             # As WSL does: the tree must not change while it is being written.
             await self._stop_instance(distribution)
-            self.check_files(distribution, lambda reason: errors.ExportFailed(reason=reason))
+            locations.check_files(
+                self.registry, distribution, lambda reason: errors.ExportFailed(reason=reason)
+            )
             return await archives.pack_tree(
                 self.jail(), distribution.base_path, out_fd, export_format
             )
         except archives.WorkerFailed as e:
             raise errors.ExportFailed(reason=str(e)) from None
         finally:
-            self.locked.pop(distribution.guid, None)
+            self.locks.release(distribution.guid)
 
     # Moving and registering in place (WSL's --manage --move, --import-in-place) -------
 
@@ -458,12 +390,14 @@ class UserSession:
         async with self._lock:
             distribution = self.find(name_or_guid)
             self.ensure_unlocked(distribution)
-            self.locked[distribution.guid] = MOVING
+            self.locks.hold(distribution.guid, MOVING)
         try:
             await self._stop_instance(distribution)
-            self.check_files(distribution, lambda reason: errors.MoveFailed(reason=reason))
+            locations.check_files(
+                self.registry, distribution, lambda reason: errors.MoveFailed(reason=reason)
+            )
             distribution = self.registry.get(distribution.guid) or distribution
-            old = self._identity(distribution)
+            old = registered_identity(distribution)
             assert old is not None  # check_files recorded it
             base, identity = self._prepare_location(distribution.guid, location_fd)
             target = replace(distribution, base_path=base, managed_base=True,
@@ -493,7 +427,7 @@ class UserSession:
             else:
                 left = await self._remove_files(distribution)
         finally:
-            self.locked.pop(distribution.guid, None)
+            self.locks.release(distribution.guid)
         log.info("uid %d: moved %s to %s", self.uid, distribution.name, base)
         return [] if left is None else [f"'{distribution.name}' is moved, but {left}"]
 

@@ -14,9 +14,9 @@ import subprocess
 from collections.abc import Callable
 
 from lxss.aio import wait_readable
+from lxss.linux.cgroup import Cgroup
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import PendingHelper
-from lxss.vm.cgroup import Cgroup
 
 # The service's own threads for short blocking work (cgroup kill and removal, scratch
 # directories), apart from asyncio's default pool: nothing that can wait long (a worker,

@@ -1,5 +1,6 @@
-"""The session leader (lxss.guest.session): each CreateProcess goes to a relay forked ahead of
-it (a spare), and a launch that cannot start is answered with why and leaves nothing behind.
+"""The session leader (lxss.guest.session_leader): each CreateProcess goes to a relay forked
+ahead of it (a spare), and a launch that cannot start is answered with why and leaves nothing
+behind.
 
 relay.main is replaced here (the real one is run by the integration tests); everything
 before it is real: the spare's fork, its channel, the request and the plan made from it.
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from lxss.guest import session
+from lxss.guest import session_leader as session
 from lxss.guest.process import Context
 from lxss.guest.users import UserDatabase
 from lxss.protocol import messages as m
