@@ -291,3 +291,45 @@ def _listening_upstream() -> bool:
     done = subprocess.run(["ip", "netns", "exec", UPSTREAM, "ss", "-ltnH", "sport", "= :8080"],
                           capture_output=True, text=True, check=False)  # fmt: skip
     return "8080" in done.stdout
+
+
+def test_without_nft_iptables_nft_masquerades(dns: tuple[str, Path], tmp_path: Path) -> None:
+    """A host without nft(8): the masquerade and the uplinks' guard are iptables-nft rules,
+    tagged, and gone when the VM stops (iptables keeps the empty tables it made, as it always
+    does: the test removes those it made itself)."""
+    bin_dir = tmp_path / "sbin"
+    bin_dir.mkdir()
+    for directory in ("/usr/sbin", "/sbin"):
+        for entry in os.scandir(directory):
+            if entry.name != "nft" and not (bin_dir / entry.name).exists():
+                (bin_dir / entry.name).symlink_to(entry.path)
+    tables_before = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                                   check=True).stdout.splitlines()  # fmt: skip
+    env = {"LXSS_HOST_RESOLV_CONF": str(dns[1]), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    try:
+        with running_service("netipt", env) as fresh:
+            fresh.ok("--install", "busybox", "--name", BB, "--no-launch", timeout=120)
+            fresh.machine_config.write_text(NAT)
+            fresh.ok("-d", BB, "--", "true")
+            network = nat_status(fresh)["network"]
+            rules = _iptables("nat", "POSTROUTING")
+            assert f"-s {network} ! -o lxss" in rules and "MASQUERADE" in rules, rules
+            assert "lxss-uplinks" in _iptables("filter", "FORWARD")
+            assert "nft" not in subprocess.run(
+                ["nft", "list", "tables"], capture_output=True, text=True, check=True
+            ).stdout.replace("table", "")
+            fresh.ok("--shutdown")
+            assert "lxss" not in _iptables("nat", "POSTROUTING")
+            assert "lxss" not in _iptables("filter", "FORWARD")
+            fresh.machine_config.write_text("")
+    finally:
+        now = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()  # fmt: skip
+        for line in set(now) - set(tables_before):
+            subprocess.run(["nft", "delete", *line.split()], check=False)
+
+
+def _iptables(table: str, chain: str) -> str:
+    done = subprocess.run(["iptables-nft", "-w", "-t", table, "-S", chain], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    return done.stdout
