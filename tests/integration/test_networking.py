@@ -192,6 +192,8 @@ def test_a_port_the_host_uses_is_reported_not_shadowed(service: Service) -> None
         )  # fmt: skip
         assert f"Not forwarded: {wanted}" in status
         assert wanted in service.log_text()
+        taken.close()  # the host lets go of it: forwarded at the next look
+        wait_until(lambda: _forwarded(service, port), 30, "the port forwarded once free")
 
 
 def test_a_users_low_port_is_not_forwarded(service: Service, owner: str) -> None:

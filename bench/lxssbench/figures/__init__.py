@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 # Imported for their @figure registrations; ORDER below is the report's order.
-from . import archive, hostfs, image, install, latency, memory, pty, throughput  # noqa: F401
+from . import (  # noqa: F401
+    archive,
+    hostfs,
+    image,
+    install,
+    latency,
+    memory,
+    network,
+    pty,
+    throughput,
+)  # fmt: skip
 from .registry import SPECS, Spec, run_figure
 
 ORDER = (
@@ -14,6 +24,8 @@ ORDER = (
     "seq",
     "par8",
     "pipe",
+    "net-tcp",
+    "net-connect",
     "pty",
     "import",
     "export",

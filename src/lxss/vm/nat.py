@@ -221,9 +221,10 @@ def recover(state_dir: str) -> int:
     count = 0
     with contextlib.suppress(FileNotFoundError):
         for name in sorted(os.listdir(state_dir)):
-            if not name.endswith(".json"):
-                continue
             path = os.path.join(state_dir, name)
+            if not name.endswith(".json"):
+                os.unlink(path)  # a port relay's status, a half-written record
+                continue
             network = _load_record(path)
             if network is None:
                 os.unlink(path)

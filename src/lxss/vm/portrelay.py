@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import json
 import os
@@ -30,7 +31,9 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -43,7 +46,9 @@ from lxss.linux.userns import die_with_parent
 T = TypeVar("T")
 POLL: Final = 0.2  # seconds between looks at the VM's listeners: forwarded within 1 s
 CONNECT_TIMEOUT: Final = 5.0
+RETRY_BUSY: Final = 2.0  # seconds before a port in use on the host is tried again
 MAX_CONNECTIONS: Final = 512
+STOCK: Final = 16  # VM sockets made per namespace switch
 CHUNK: Final = 1 << 20
 LOCAL_V4: Final = ("127.0.0.1", "0.0.0.0")
 LOCAL_V6: Final = ("::1", "::")
@@ -93,22 +98,35 @@ class Relay:
         self.selector = selectors.DefaultSelector()
         self.forwarded: dict[int, list[socket.socket]] = {}
         self.refused: dict[int, str] = {}
+        self.busy: dict[int, float] = {}  # in use on the host: when to try again
+        self.said: dict[int, str] = {}  # what the log last said of a port, said once
         self.connections = 0
         self.count_lock = threading.Lock()
+        self.stock: dict[int, list[socket.socket]] = {}
+        self.stock_lock = threading.Lock()
+        # Each connection takes two threads (one per direction), kept for the next one.
+        self.pool = ThreadPoolExecutor(2 * MAX_CONNECTIONS, thread_name_prefix="relay")
         self._written: object = None
 
     # Listeners ---------------------------------------------------------------------
 
     def rescan(self) -> None:
         wanted = wanted_ports(self.diag.tcp_listeners())
+        for port in list(self.said):
+            if port not in wanted:
+                del self.said[port]
         for port in list(self.forwarded):
             if port not in wanted:
                 for s in self.forwarded.pop(port):
                     self.selector.unregister(s)
                     s.close()
+        now = time.monotonic()
         for port in list(self.refused):
-            if port not in wanted:
+            # Gone inside, or in use on the host a while ago: look again (the host's
+            # listener may have closed since).
+            if port not in wanted or (port in self.busy and now >= self.busy[port]):
                 del self.refused[port]
+                self.busy.pop(port, None)
         for port, want in wanted.items():
             if port in self.forwarded or port in self.refused:
                 continue
@@ -116,8 +134,14 @@ class Relay:
             if reason is None:
                 reason = self._listen(want)
             if reason is not None:
+                if reason != self.said.get(port):
+                    print(f"localhost forwarding: {reason}", file=sys.stderr, flush=True)
+                self.said[port] = reason
                 self.refused[port] = reason
-                print(f"localhost forwarding: {reason}", file=sys.stderr, flush=True)
+                if "in use" in reason:
+                    self.busy[port] = now + RETRY_BUSY
+            else:
+                self.said.pop(port, None)
         self._write_status()
 
     def _listen(self, want: Wanted) -> str | None:
@@ -127,6 +151,9 @@ class Relay:
         for host, family in hosts:
             s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
+                # Not for sharing (Linux never lets two listeners share a port this way):
+                # the port's earlier connections in TIME_WAIT must not keep it from us.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 s.bind((host, want.port))
@@ -170,8 +197,7 @@ class Relay:
             return
         with self.count_lock:
             self.connections += 1
-        threading.Thread(target=self._serve, args=(client, listener.family, port),
-                         daemon=True).start()  # fmt: skip
+        self.pool.submit(self._serve, client, listener.family, port)
 
     def _serve(self, client: socket.socket, family: int, port: int) -> None:
         try:
@@ -181,7 +207,13 @@ class Relay:
                 if inside is None:
                     return
                 with inside:
-                    _relay(client, inside)
+                    # A relay passes on writes as they come: Nagle would hold a reply's
+                    # second small segment back for the first one's (delayed) ACK.
+                    for end in (client, inside):
+                        end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    other = self.pool.submit(_pump, inside, client)
+                    _pump(client, inside)
+                    other.result()
         finally:
             with self.count_lock:
                 self.connections -= 1
@@ -191,7 +223,7 @@ class Relay:
         if family == socket.AF_INET6:
             order.reverse()
         for each in order:
-            s = _in_namespace(self, functools.partial(socket.socket, each, socket.SOCK_STREAM))
+            s = self._vm_socket(each)
             s.settimeout(CONNECT_TIMEOUT)
             try:
                 s.connect(("127.0.0.1" if each == socket.AF_INET else "::1", port))
@@ -202,11 +234,24 @@ class Relay:
             return s
         return None
 
+    def _vm_socket(self, family: int) -> socket.socket:
+        """A new TCP socket of the VM's namespace, from a stock made a batch at a time (the
+        namespace switch is what costs)."""
+        with self.stock_lock:
+            stock = self.stock.setdefault(family, [])
+            if not stock:
+                make = functools.partial(socket.socket, family, socket.SOCK_STREAM)
+                stock += _in_namespace(self, lambda: [make() for _ in range(STOCK)])
+            return stock.pop()
+
     def serve(self) -> None:
+        next_scan = 0.0
         while True:
-            for key, _ in self.selector.select(POLL):
+            for key, _ in self.selector.select(max(0.0, next_scan - time.monotonic())):
                 self.accept(key.fileobj, key.data)  # type: ignore[arg-type]
-            self.rescan()
+            if time.monotonic() >= next_scan:  # not after every accept: on time only
+                self.rescan()
+                next_scan = time.monotonic() + POLL
 
 
 def _in_namespace(relay: Relay, make: Callable[[], T]) -> T:
@@ -223,6 +268,8 @@ def _pump(source: socket.socket, destination: socket.socket) -> None:
     """Copy one direction with splice (socket → pipe → socket, no copy through Python)
     until end of file, then pass the end on."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # a larger pipe: 16 times fewer splices per MiB
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, CHUNK)
     try:
         while True:
             n = os.splice(source.fileno(), write_end, CHUNK, flags=os.SPLICE_F_MOVE)
@@ -237,13 +284,6 @@ def _pump(source: socket.socket, destination: socket.socket) -> None:
         os.close(write_end)
         with contextlib.suppress(OSError):
             destination.shutdown(socket.SHUT_WR)
-
-
-def _relay(a: socket.socket, b: socket.socket) -> None:
-    other = threading.Thread(target=_pump, args=(b, a), daemon=True)
-    other.start()
-    _pump(a, b)
-    other.join()
 
 
 def main(argv: list[str]) -> int:
