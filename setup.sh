@@ -17,7 +17,7 @@ die() { echo "setup.sh: $*" >&2; exit 1; }
 packages="python3-venv busybox-static qemu-system-x86 linux-image-amd64 debootstrap dnsmasq-base uidmap e2fsprogs zstd xz-utils bzip2 gzip
   tmux procps psmisc iproute2 iptables nftables util-linux hyperfine bubblewrap
   docker-registry skopeo umoci libarchive-tools podman
-  debhelper dh-python dpkg-dev fakeroot lintian bash-completion zsh fish man-db groff-base"
+  gcc libc6-dev debhelper dh-python dpkg-dev fakeroot lintian bash-completion zsh fish man-db groff-base"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -39,6 +39,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[dev,bench]"
     echo "$want" > "$stamp"
 fi
+
+# lxss's native tools for distributions (lxss-host-exec, lxsspath): static, so they run in
+# any distribution, busybox included (see docs/interop.md).
+native="$here/src/lxss/guest/native"
+if [ ! -x "$native/bin/lxss-guest" ] || [ "$native/lxss-guest.c" -nt "$native/bin/lxss-guest" ]; then
+    mkdir -p "$native/bin"
+    gcc -static -O2 -Wall -Wextra -Werror -o "$native/bin/lxss-guest.tmp" "$native/lxss-guest.c"
+    mv "$native/bin/lxss-guest.tmp" "$native/bin/lxss-guest"
+fi
+for tool in lxss-host-exec lxsspath; do
+    ln -sf lxss-guest "$native/bin/$tool"
+done
 
 # Lean launchers: `-I -S` skips site-packages, which costs more than the whole
 # of lxss's own start-up (see bench/).

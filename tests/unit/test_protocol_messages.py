@@ -22,6 +22,7 @@ from lxss.protocol.messages import (
     FrozenInstanceError,
     GnsInterfaceConfiguration,
     GnsResult,
+    InitClientGone,
     InitCreateProcess,
     InitCreateProcessResponse,
     InitCreateSession,
@@ -30,10 +31,12 @@ from lxss.protocol.messages import (
     InitExitStatus,
     InitInitialize,
     InitInitializeResponse,
+    InitInteropConnection,
     InitQueryDistributionConf,
     InitSignal,
     InitTerminateInstance,
     InitWindowSizeChanged,
+    InteropCreateHostProcess,
     Message,
     MiniInitChildExit,
     MiniInitCreateInstanceResult,
@@ -97,6 +100,9 @@ SAMPLES: list[Message] = [
     InitSignal(signal=2),
     MiniInitMapIdentity(uid=1000, gid=1000),
     MiniInitMapIdentityResponse(result=0, mapped=True, reason=""),
+    InteropCreateHostProcess(0x10, "/mnt/host/tmp", ("cat", "-"), ("LXSSENV=A/p", "A=/x")),
+    InitInteropConnection(host_mount="/mnt/host", distribution_name="debian"),
+    InitClientGone(),
 ]
 
 
@@ -129,6 +135,9 @@ def test_catalogue_keeps_wsl_numbers() -> None:
         "MiniInitMapIdentityResponse": 122,
         "InitQueryDistributionConf": 123,
         "InitDistributionConf": 124,
+        "InteropCreateHostProcess": 1,
+        "InitInteropConnection": 125,
+        "InitClientGone": 126,
     }
     assert {mode.name: int(mode) for mode in NetworkingMode} == {
         "NONE": 0,

@@ -25,7 +25,7 @@ import time
 
 from lxss import readiness
 from lxss.api import wire
-from lxss.cli import streams
+from lxss.cli import interop, streams
 from lxss.cli.errors import CommandError
 from lxss.cli.manage import warn
 from lxss.cli.parse import Launch
@@ -109,8 +109,17 @@ def _check_argument_list(command_line: list[str], environment: list[str]) -> Non
 
 
 def _environment() -> list[str]:
+    """TERM and friends, LXSSENV, and what LXSSENV sends into the distribution (its /p and
+    /l translation is the guest's: only the guest knows where the host is mounted)."""
     names = list(PASSED_ENVIRONMENT)
-    names += [n for n in os.environ.get("LXSSENV", "").split(":") if n and n not in names]
+    listed = os.environ.get("LXSSENV")
+    if listed is not None:
+        names.append("LXSSENV")
+        for item in listed.split(":"):
+            name, _, flags = item.partition("/")
+            only_host = "w" in flags and "u" not in flags
+            if name and name not in names and not only_host and not flags.strip("plwu"):
+                names.append(name)
     return [f"{n}={os.environ[n]}" for n in names if n in os.environ]
 
 
@@ -227,6 +236,7 @@ class _Session:
         self.console_open = console_sock is not None
         self.stdin_open = console_sock is not None and ttys[0]
         self.output_fd = 1 if ttys[1] else 2
+        self.fds: list[int] = []  # received on the control channel, not yet used
 
     def send(self, frame: bytes) -> None:
         try:
@@ -242,7 +252,8 @@ class _Session:
             self.send(self.writer.signal(signum))
 
     def on_control(self) -> bool:
-        data = self.control.recv(4096)
+        data, fds = interop.receive(self.control)
+        self.fds += fds
         if not data:
             return False
         try:
@@ -252,6 +263,11 @@ class _Session:
         for code in codes:
             self.exit_code = code
             self.send(self.writer.exit_status(code))  # the acknowledgement WSL's relay waits for
+        # Each InteropConnection came with its connection (the first of the fds received).
+        interop.reap()
+        while self.reader.connections and self.fds:
+            interop.serve_connection(self.fds.pop(0), self.reader.connections.pop(0))
+        self.reader.connections.clear()
         return True
 
     def on_console(self) -> None:
@@ -331,11 +347,13 @@ def launch(request: Launch, for_uid: int | None) -> int:
     client = connect()
     terminal = None
     signals = None
+    guardian = None
     try:
         reply = client.call("CreateLxProcess", params, tuple(fds), timeout=CREATE_TIMEOUT)
         control_remote.close()
         if console_remote is not None:
             console_remote.close()
+        guardian = interop.start_guardian(control_sock.fileno())
         warn(reply.get("warnings", []))
         wanted = FORWARDED_SIGNALS + ((_signal.SIGWINCH,) if console else ())
         signals = _Signals(wanted)
@@ -350,6 +368,8 @@ def launch(request: Launch, for_uid: int | None) -> int:
             terminal.restore()
         if signals is not None:
             signals.close()
+        if guardian is not None:
+            os.close(guardian)
         control_sock.close()
         if console_sock is not None:
             console_sock.close()

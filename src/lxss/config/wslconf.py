@@ -115,7 +115,8 @@ WSL_CONF_DOCS: Final = {
     AUTOMOUNT_LDCONFIG: "Put GPU libraries in ld.so's path.",
     AUTOMOUNT_CGROUPS: "The cgroup hierarchy init mounts: v1 or v2.",
     FILESYSTEM_UMASK: "The umask of the distribution's programs (octal, as 022).",
-    INTEROP_ENABLED: "Whether host programs can be run from inside the distribution.",
+    INTEROP_ENABLED: "Whether host programs can be run from inside the distribution "
+    "(lxss-host-exec).",
     INTEROP_APPEND_WINDOWS_PATH: "Append the host's PATH to the distribution's.",
     NETWORK_GENERATE_HOSTS: "Write the distribution's /etc/hosts when it starts.",
     NETWORK_GENERATE_RESOLV_CONF: "Write the distribution's /etc/resolv.conf when it starts.",
@@ -143,7 +144,6 @@ WSL_CONF_NOT_ACTED_ON: Final = frozenset(
         AUTOMOUNT_OPTIONS,
         AUTOMOUNT_LDCONFIG,
         AUTOMOUNT_CGROUPS,
-        INTEROP_ENABLED,
         INTEROP_APPEND_WINDOWS_PATH,
         FILE_SERVER_ENABLED,
         FILE_SERVER_LOG_FILE,

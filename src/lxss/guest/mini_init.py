@@ -48,6 +48,12 @@ from lxss.protocol.framing import ProtocolError
 from lxss.vm.spec import VmSpec
 
 HOST_MOUNT = "/mnt/host"
+# lxss's native tools for distributions, built by setup.sh (lxss/guest/native/lxss-guest.c).
+TOOLS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "bin")
+
+
+def _tools_dir() -> str | None:
+    return TOOLS_DIR if os.path.isfile(os.path.join(TOOLS_DIR, "lxss-guest")) else None
 
 
 class MiniInit:
@@ -218,6 +224,7 @@ class MiniInit:
                 vm_mounts=(self.scratch,),
                 sys_source=self.sysfs if self.own_network else "/sys",
                 host_source=mount_point + ".host",
+                tools_dir=_tools_dir(),
             )
             mounts.apply_plan(mounts.distribution_plan(layout), layout.root)
             mounts.pivot_into(layout.root)

@@ -177,6 +177,9 @@ class RootLayout:
     # distribution in a user namespace of its own cannot unmount the copy's submounts:
     # they are locked, so they are taken off before).
     host_source: str = "/"
+    # The host directory of lxss's native tools (lxss-host-exec, lxsspath), bound read-only
+    # at /run/lxss/bin; None when they were not built.
+    tools_dir: str | None = None
 
 
 def host_view_plan(staging: str, vm_mounts: tuple[str, ...]) -> list[Operation]:
@@ -229,6 +232,14 @@ def distribution_plan(layout: RootLayout) -> list[Operation]:
         Mount("tmpfs", f"{root}/run", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755"),
         Directory(f"{root}/run/lock", 0o1777),
         Directory(f"{root}/run/user", 0o755),
+    ]
+    if layout.tools_dir is not None:
+        tools = f"{root}/run/lxss/bin"
+        plan += [
+            Mount(layout.tools_dir, tools, None, sc.MS_BIND),
+            Remount(tools, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV),
+        ]
+    plan += [
         Mount(layout.shared_dir, f"{root}/mnt/wsl", None, sc.MS_BIND | sc.MS_REC),
         Directory(f"{root}/tmp", 0o1777, keep_existing=True),
     ]

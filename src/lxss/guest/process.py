@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Final
 
+from lxss.config import lxssenv
 from lxss.errors import LxssError
 from lxss.guest.users import User, UserDatabase
 
@@ -19,7 +20,9 @@ from lxss.guest.users import User, UserDatabase
 USER_NOT_FOUND: Final = 67
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What the caller's environment may not override: identity comes from the distribution.
-RESERVED: Final = frozenset({"HOME", "USER", "LOGNAME", "SHELL", "LXSS_DISTRO_NAME"})
+RESERVED: Final = frozenset(
+    {"HOME", "USER", "LOGNAME", "SHELL", "LXSS_DISTRO_NAME", "LXSS_INTEROP"}
+)
 
 
 class PlanError(LxssError):
@@ -55,6 +58,7 @@ class Context:
     host_mount: str | None
     umask: int = 0o022
     lang: str = "C.UTF-8"
+    interop: bool = False  # [interop] enabled, and the tools are there
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Plan:
     cwd: str = "/"
     umask: int = 0o022
     warnings: tuple[str, ...] = ()  # for the program's stderr, before it starts
+    interop: bool = False  # the relay serves an interop socket (and sets LXSS_INTEROP)
+    host_mount: str | None = None  # where the host's root is, for the interop server
 
 
 def choose_user(request: Request, context: Context) -> User:
@@ -123,10 +129,14 @@ def build_environment(request: Request, context: Context, user: User, shell: str
         "HOSTTYPE": os.uname().machine,
         "NAME": context.hostname,
     }
+    caller = {}
     for entry in request.environment:
         name, sep, value = entry.partition("=")
         if sep and name and name not in RESERVED:
-            environment[name] = value
+            caller[name] = value
+    environment.update(caller)
+    # LXSSENV's /p and /l: host paths become the distribution's (under the host mount).
+    environment.update(lxssenv.translate(caller, "to_distribution", context.host_mount))
     environment.update(
         HOME=user.home,
         USER=user.name,
@@ -164,4 +174,6 @@ def plan(request: Request, context: Context) -> Plan:
         cwd=cwd,
         umask=context.umask,
         warnings=(warning,) if warning else (),
+        interop=context.interop,
+        host_mount=context.host_mount,
     )

@@ -21,6 +21,7 @@ pty gets SIGHUP, as when a terminal closes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -31,6 +32,7 @@ import warnings  # noqa: F401  # os.get_exec_path (os.execvpe) imports it lazily
 from collections.abc import Callable
 
 from lxss import readiness
+from lxss.guest.interop import InteropServer, socket_path
 from lxss.guest.process import Plan
 from lxss.linux import syscalls as sc
 from lxss.linux.children import ChildWatch, exit_code
@@ -121,9 +123,18 @@ class Relay:
         self.console_input = fds.console is not None  # False once the client sent EOF
         self.master_hung_up = False  # every holder of the slave closed it (reads give EIO)
         self.children = ChildWatch()
+        self.interop: InteropServer | None = None
 
     def start(self) -> None:
         flags = self.message.flags
+        if self.plan.interop:
+            path = socket_path(os.getpid())
+            self.interop = InteropServer(path, self.plan.user.uid, self.plan.user.gid)
+            environment = {**self.plan.environment, "LXSS_INTEROP": path}
+            self.plan = dataclasses.replace(self.plan, environment=environment)
+            # lxss-host may take the channel over from the client midway (as wslhost does).
+            assert self.control is not None
+            self.control.state.ignore_sequence_numbers()
         slave = None
         if flags & m.InitCreateProcess.CONSOLE_FLAGS:
             self.master, slave = os.openpty()
@@ -157,7 +168,7 @@ class Relay:
     def on_control(self) -> None:
         assert self.control is not None
         try:
-            expected = (m.InitWindowSizeChanged, m.InitSignal, m.InitExitStatus)
+            expected = (m.InitWindowSizeChanged, m.InitSignal, m.InitExitStatus, m.InitClientGone)
             message, fds = self.control.receive(expected)
         except (ChannelClosed, ProtocolError, TimeoutError, OSError):
             self.client_gone()
@@ -169,6 +180,26 @@ class Relay:
                 set_window_size(self.master, message.rows, message.columns)
         elif isinstance(message, m.InitSignal) and 0 < message.signal < signal.NSIG:
             self.forward_signal(message.signal)
+        elif isinstance(message, m.InitClientGone):
+            self.close_console()  # the terminal hangs up, as when the client closes
+
+    def on_interop(self) -> None:
+        """A program connected to the interop socket: its connection goes to the host."""
+        assert self.interop is not None
+        connection = self.interop.accept()
+        if connection is None:
+            return
+        with connection:
+            if self.control is None:
+                return  # no one serves interop any more: the caller sees the end
+            message = m.InitInteropConnection(
+                host_mount=self.plan.host_mount,
+                distribution_name=self.message.distribution_name,
+            )
+            try:
+                self.control.send(message, [connection.fileno()], timeout=ACK_TIMEOUT)
+            except (ChannelClosed, TimeoutError, OSError):
+                self.client_gone()
 
     def forward_signal(self, signum: int) -> None:
         group = self.child
@@ -257,6 +288,8 @@ class Relay:
             watch = [self.children.fileno()]
             if self.control is not None:
                 watch.append(self.control.fileno())
+            if self.interop is not None:
+                watch.append(self.interop.fileno())
             write_watch = []
             timeout = None
             if self.master is not None and self.console is not None:
@@ -281,6 +314,8 @@ class Relay:
                 self.reap()
             if self.control is not None and self.control.fileno() in readable:
                 self.on_control()
+            if self.interop is not None and self.interop.fileno() in readable:
+                self.on_interop()
             self.pump(set(readable), set(writable))
         return self.finish()
 
@@ -322,10 +357,18 @@ class Relay:
                 self.control.receive(m.InitExitStatus, timeout=ACK_TIMEOUT)
             except (ChannelClosed, ProtocolError, TimeoutError, OSError):
                 pass
-            self.control.close()
-            self.control = None
+            if self.interop is None:
+                self.control.close()
+                self.control = None
         self.close_console()
-        # As subreaper, wait for what the program left running (daemons) to end.
+        # As subreaper, wait for what the program left running (daemons) to end, serving
+        # their interop meanwhile: the channel stays open until the last of them is gone.
+        if self.interop is not None:
+            self.serve_until_no_children()
+            self.interop.close()
+            if self.control is not None:
+                self.control.close()
+                self.control = None
         while True:
             try:
                 os.waitpid(-1, 0)
@@ -335,6 +378,33 @@ class Relay:
                 continue
         os.close(self.fds.lifetime)
         return 0
+
+    def serve_until_no_children(self) -> None:
+        while _has_children():
+            watch = [self.children.fileno()]
+            if self.control is not None:
+                watch.append(self.control.fileno())
+            if self.interop is not None:
+                watch.append(self.interop.fileno())
+            try:
+                readable, _ = readiness.ready(watch, ())
+            except InterruptedError:
+                continue
+            if self.children.fileno() in readable:
+                self.children.reap()
+            if self.control is not None and self.control.fileno() in readable:
+                self.on_control()
+            if self.interop is not None and self.interop.fileno() in readable:
+                self.on_interop()
+
+
+def _has_children() -> bool:
+    """Whether any child (or adopted orphan) is still there, exited or not (not reaped)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def become_relay() -> None:

@@ -56,6 +56,7 @@ def _fresh(context: Context) -> Context:
         host_mount=context.host_mount,
         umask=context.umask,
         lang=context.lang,
+        interop=context.interop,
     )
 
 

@@ -1,7 +1,8 @@
 """The client's half of a launched process's control channel, in the guest framing.
 
-Only three messages cross it — WindowSizeChanged and Signal towards the relay,
-ExitStatus back (echoed as its acknowledgement) — and the `lxss` client must
+Only a few messages cross it — WindowSizeChanged and Signal towards the relay,
+ExitStatus back (echoed as its acknowledgement), and InteropConnection, whose frame the
+client hands whole to the process it forks to serve it — and the `lxss` client must
 start in a few milliseconds, so this module writes and reads exactly those
 three with nothing but int.to_bytes: the full catalogue (lxss.protocol.messages)
 costs more to import than the whole client may spend. A unit test holds these
@@ -18,6 +19,7 @@ MAX_CONTROL_MESSAGE = 4096
 EXIT_STATUS = 9  # InitExitStatus(exit_code: i32)
 WINDOW_SIZE_CHANGED = 10  # InitWindowSizeChanged(rows: u16, columns: u16)
 SIGNAL = 120  # InitSignal(signal: i32)
+INTEROP_CONNECTION = 125  # InitInteropConnection(host_mount, distribution_name) + 1 fd
 
 
 class ControlError(LxssError, ValueError):
@@ -55,6 +57,7 @@ class Reader:
 
     def __init__(self) -> None:
         self._buffer = b""
+        self.connections: list[bytes] = []  # InteropConnection frames, whole, in order
 
     def feed(self, data: bytes) -> list[int]:
         self._buffer += data
@@ -66,9 +69,12 @@ class Reader:
                 raise ControlError(f"a control message of {size} bytes")
             if len(self._buffer) < size:
                 break
-            body, self._buffer = self._buffer[HEADER_SIZE:size], self._buffer[size:]
+            frame, self._buffer = self._buffer[:size], self._buffer[size:]
+            body = frame[HEADER_SIZE:]
             if message_type == EXIT_STATUS:
                 if len(body) < 4:
                     raise ControlError("a truncated ExitStatus")
                 codes.append(int.from_bytes(body[0:4], "little", signed=True))
+            elif message_type == INTEROP_CONNECTION:
+                self.connections.append(frame)
         return codes

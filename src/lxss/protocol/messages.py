@@ -417,3 +417,50 @@ class InitDistributionConf(Message):
     oobe_command: Str  # None: no first-run command
     oobe_default_uid: I64  # -1: not set
     warnings: Strs  # the file's problems, one line each, for the user
+
+
+# --- interop: running host programs from a distribution ---------------------------------------
+
+
+class InteropCreateHostProcess(Message):
+    """lxss-host-exec (inside) -> the session's interop server (the `lxss` client, or
+    lxss-host after it): run a host program as the owner (WSL's LX_INIT_CREATE_NT_PROCESS).
+
+    Descriptors: the caller's stdin, stdout and stderr, in that order, each one unless its
+    *_CLOSED flag is set; the host program gets them as they are (pipe, file or terminal).
+    Answered with InitCreateProcessResponse, then InitExitStatus when the program ends; the
+    caller may send InitSignal meanwhile. Written by lxss/guest/native/lxss-guest.c too.
+    """
+
+    TYPE: ClassVar[int] = 1
+    STDIN_CLOSED: ClassVar[int] = 0x8  # the same bits as InitCreateProcess's
+    STDOUT_CLOSED: ClassVar[int] = 0x10
+    STDERR_CLOSED: ClassVar[int] = 0x20
+    STREAMS: ClassVar[tuple[int, int, int]] = (0x8, 0x10, 0x20)
+
+    flags: U32  # *_CLOSED bits
+    cwd: Str  # the caller's directory in the distribution; None: the owner's home
+    command_line: Strs  # argv, argv[0] being the program to find on the owner's PATH
+    environment: Strs  # LXSSENV and the variables it names, "NAME=value"
+
+    def fd_count(self) -> int:
+        return sum(1 for bit in self.STREAMS if not self.flags & bit)
+
+
+class InitInteropConnection(Message):
+    """Relay -> client (lxss addition), on the control channel: a program of the session
+    connected to its interop socket. One descriptor: that connection, which the client (or
+    lxss-host after it) serves from then on."""
+
+    TYPE: ClassVar[int] = 125
+    FDS: ClassVar[int] = 1
+    host_mount: Str  # where the host's root is in the distribution; None: not mounted
+    distribution_name: Str
+
+
+class InitClientGone(Message):
+    """lxss-host -> relay (lxss addition), on the control channel: the `lxss` client has
+    exited and lxss-host serves the channel now. The relay hangs the terminal up, as if the
+    client had closed the channel, but keeps the channel for interop."""
+
+    TYPE: ClassVar[int] = 126
