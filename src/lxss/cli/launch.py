@@ -347,13 +347,13 @@ def launch(request: Launch, for_uid: int | None) -> int:
     client = connect()
     terminal = None
     signals = None
-    guardian = None
+    # lxss-host, before the program can start: the client may be killed at any moment after.
+    guardian = interop.start_guardian(control_sock.fileno())
     try:
         reply = client.call("CreateLxProcess", params, tuple(fds), timeout=CREATE_TIMEOUT)
         control_remote.close()
         if console_remote is not None:
             console_remote.close()
-        guardian = interop.start_guardian(control_sock.fileno())
         warn(reply.get("warnings", []))
         wanted = FORWARDED_SIGNALS + ((_signal.SIGWINCH,) if console else ())
         signals = _Signals(wanted)

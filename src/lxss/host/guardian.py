@@ -1,7 +1,8 @@
 """lxss-host: wslhost's role. It keeps a session's interop alive once its `lxss` client is
 gone (WSL: wslhost.exe, which wsl.exe starts with a duplicate of its control channel).
 
-The client forks it right after the program starts, handing it the control channel and
+The client forks it before it asks for the program (which may start, and the client be
+killed, before the answer comes back), handing it the control channel and
 the read end of a pipe only the client writes to. While the client lives, lxss-host only
 waits: the client reads the channel. When the pipe ends (the client exited, or was killed),
 lxss-host tells the relay (InitClientGone: the terminal hangs up, as it would have) and
