@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Service
+from conftest import HostState, Service
 from mgmt import User, spawn_lxss
+from run_support import wait_until
 from security_support import run_as
 
 A_NAME, B_NAME = "sec-iop-a", "sec-iop-b"
@@ -43,6 +44,9 @@ def owners(service: Service, test_users: tuple[str, str]) -> Iterator[tuple[User
                        timeout=120)  # fmt: skip
             made.append((name, user))
         service.ok("-d", A_NAME, "--", f"printf '{GUEST_USER}' >> /etc/passwd", user=a.name)
+        # Tests start with A's utility VM gone (their host-state check begins there).
+        service.ok("--shutdown", user=a.name)
+        wait_until(lambda: not HostState.capture(service).processes, 15, "the VM to be gone")
         yield a, b
     finally:
         for name, user in made:
@@ -67,7 +71,13 @@ def victim(service: Service, owners: tuple[User, User]) -> Iterator[tuple[str, l
         proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
-        service.lxss("--terminate", A_NAME, user=a.name)
+        _shut_down(service, *owners)
+
+
+def _shut_down(service: Service, *users: User) -> None:
+    for user in users:
+        service.lxss("--shutdown", user=user.name)
+    wait_until(lambda: not HostState.capture(service).processes, 15, "the VMs to be gone")
 
 
 def _host_pids_of(inner: int) -> list[int]:
@@ -136,6 +146,7 @@ def test_lxss_interop_aimed_at_the_service_socket(
                           "lxss-host-exec id -u", user=b.name)  # fmt: skip
     assert result.returncode == 255 and result.out == "", result
     assert service.ok("-d", B_NAME, "--", "echo still-served", user=b.name).out == "still-served\n"
+    _shut_down(service, b)
 
 
 def test_the_socket_is_private_inside(service: Service, owners: tuple[User, User],
