@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HostState, Service
+from conftest import HostState, Result, Service
 from mgmt import User, spawn_lxss
 from run_support import wait_until
 from security_support import run_as
@@ -110,15 +110,18 @@ def test_another_user_of_the_distribution_cannot_use_the_owners_socket(
 ) -> None:
     a, _ = owners
     path, _ = victim
-    result = service.lxss("-d", A_NAME, "-u", "guest", "--",
-                          f"LXSS_INTEROP={path} lxss-host-exec id -u", user=a.name)  # fmt: skip
+
+    def as_guest() -> Result:
+        return service.lxss("-d", A_NAME, "-u", "guest", "--",
+                            f"LXSS_INTEROP={path} lxss-host-exec id -u", user=a.name)  # fmt: skip
+
+    result = as_guest()
     assert result.returncode == 255, result
     assert "Permission denied" in result.err and result.err.count("\n") == 1, result
     # Opened to all by the distribution's root, the socket still takes only its user's
     # connections (and root's): the relay checks who connected.
     service.ok("-d", A_NAME, "-u", "root", "--", f"chmod 666 {path}", user=a.name)
-    result = service.lxss("-d", A_NAME, "-u", "guest", "--",
-                          f"LXSS_INTEROP={path} lxss-host-exec id -u", user=a.name)  # fmt: skip
+    result = as_guest()
     assert result.returncode == 255 and result.out == "", result
 
 

@@ -95,7 +95,7 @@ def start_guardian(control: int) -> int | None:
             _detach((control, read_end))
             from lxss.host import guardian
 
-            code = guardian.main(control, read_end, serve_connection)
+            code = guardian.main(control, read_end, serve_connection, reap)
         finally:
             os._exit(code)
     os.close(read_end)

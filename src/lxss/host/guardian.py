@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def main(control_fd: int, client_fd: int, serve: Callable[[int, bytes], None]) -> int:
-    """*serve(fd, announcement)* takes an interop connection (ours to hand over)."""
+def main(control_fd: int, client_fd: int, serve: Callable[[int, bytes], None],
+         reap: Callable[[], None]) -> int:  # fmt: skip
+    """*serve(fd, announcement)* takes an interop connection (ours to hand over) to a
+    process of its own; *reap()* collects those that have ended."""
     set_title("lxss-host")
     control = socket.socket(fileno=control_fd)
     if not _wait_for_client(control.fileno(), client_fd):
@@ -40,7 +42,7 @@ def main(control_fd: int, client_fd: int, serve: Callable[[int, bytes], None]) -
     try:
         channel.send(m.InitClientGone(), timeout=5.0)
         while True:
-            _reap()
+            reap()
             message, fds = channel.receive(
                 (m.InitInteropConnection, m.InitExitStatus), timeout=float("inf")
             )
@@ -71,14 +73,3 @@ def _wait_for_client(control_fd: int, client_fd: int) -> bool:
         if client_fd in events:
             os.close(client_fd)
             return True
-
-
-def _reap() -> None:
-    """The serving processes that have ended."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
