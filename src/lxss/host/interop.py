@@ -23,16 +23,13 @@ import signal
 import socket
 
 from lxss.config import lxssenv
+from lxss.linux.children import exit_code
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
 from lxss.protocol.framing import ProtocolError
 
 REQUEST_TIMEOUT = 30.0  # lxss-host-exec sends its request as soon as it connects
 REPLY_TIMEOUT = 10.0
-
-
-def _exit_code(status: int) -> int:
-    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 def host_directory(cwd: str | None, host_mount: str | None) -> str:
@@ -152,7 +149,7 @@ def _supervise(channel: Channel, pid: int) -> int:
         _, status = os.waitpid(pid, 0)
     finally:
         os.close(pidfd)
-    code = _exit_code(status)
+    code = exit_code(status)
     if caller:
         with contextlib.suppress(ChannelClosed, TimeoutError, OSError):
             channel.send(m.InitExitStatus(exit_code=code), timeout=REPLY_TIMEOUT)
