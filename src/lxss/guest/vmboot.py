@@ -3,9 +3,10 @@
 The initramfs (lxss.vm.initramfs) loaded the boot modules, mounted the system disk
 read-only as / and exec'd this on its Python. Here: the VM's own mounts (/run, /tmp,
 devpts, cgroup2), the modules disk at /modules and the modules the command line asks
-for, then the channels to the service, the virtio-serial ports named on the command
-line, and mini_init over them. When mini_init returns (the service closed its
-channel, WSL's way of shutting a VM down), the VM powers off.
+for, the debug console, then the stream multiplexer (lxss.guest.muxport) on the
+virtio-serial port the command line names, the two channels the service opens on it
+(mini_init's control and notify), and mini_init over them. When mini_init returns
+(the service closed its channel, WSL's way of shutting a VM down), the VM powers off.
 
     vmboot SYSTEM_DISK
 """
@@ -14,19 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
-import socket
 import sys
 import time
 from typing import Final
 
+from lxss.guest.muxport import MuxPort
 from lxss.linux import kmod
 from lxss.linux import syscalls as sc
+from lxss.protocol.mux import SERVICE_MINI_INIT, SERVICE_NOTIFY
 
 MODULES_MOUNT: Final = "/modules"
 SCRATCH: Final = "/run/lxss"
 PORT_WAIT: Final = 10.0  # seconds for the ports to appear once virtio_console is loaded
 DISK_WAIT: Final = 10.0
+CHANNEL_WAIT: Final = 120.0  # for the host to open mini_init's channels (it boots us first)
 
 
 def kernel_arguments(text: str) -> dict[str, str]:
@@ -100,39 +102,6 @@ def load_modules(names: list[str]) -> None:
         kmod.load(os.path.join(MODULES_MOUNT, path))
 
 
-def _bridge(port: str) -> int:
-    """A socket carrying the port's bytes both ways (mini_init's channel wants a socket);
-    the copying runs in a child of ours. Until version 2's stream multiplexer replaces
-    it, a port carries one channel, with no descriptors."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    device = os.open(port, os.O_RDWR | os.O_CLOEXEC)  # kept open: a closed port loses data
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            ours.close()
-            sc.set_process_name("lxss-port")
-            code = _pump(device, theirs.fileno())
-        finally:
-            os._exit(code)
-    os.close(device)
-    theirs.close()
-    return ours.detach()
-
-
-def _pump(device: int, sock: int) -> int:
-    ends = {device: sock, sock: device}
-    while True:
-        ready, _, _ = select.select(list(ends), [], [])
-        for fd in ready:
-            data = os.read(fd, 65536)
-            if not data:
-                return 0
-            view = memoryview(data)
-            while view:
-                view = view[os.write(ends[fd], view) :]
-
-
 def _debug_console(port: str) -> None:
     """A root shell on *port*, outside every distribution, one after another for as long as
     the VM runs (WSL's debug console; `lxss --debug-shell`). The port is the owner's alone
@@ -166,11 +135,14 @@ def main(argv: list[str]) -> int:
         modules = [m for m in arguments.get("modules", "").split(",") if m]
         if modules:
             load_modules(modules)
-        control = _bridge(serial_port(arguments.get("control", "lxss.control"), PORT_WAIT))
-        notify = _bridge(serial_port(arguments.get("notify", "lxss.notify"), PORT_WAIT))
+        # The stream multiplexer on the port; the host opens mini_init's two channels on it.
+        port = MuxPort.start(serial_port(arguments.get("mux", "lxss.mux"), PORT_WAIT))
+        control = port.accept(SERVICE_MINI_INIT, CHANNEL_WAIT).detach()
+        notify = port.accept(SERVICE_NOTIFY, CHANNEL_WAIT).detach()
+        port.close()  # no other service's channel is taken: the rest arrive attached
         if arguments.get("debug"):
             _debug_console(serial_port(arguments["debug"], PORT_WAIT))
-    except (OSError, KeyError) as e:
+    except (OSError, KeyError, TimeoutError, ConnectionError) as e:
         _log(f"cannot start: {e}")
         sc.power_off()
         return 1

@@ -8,9 +8,11 @@ with mini_init (GuestCapabilities, EarlyConfig, InitialConfig with 4 KiB of entr
 over the virtio-serial control port. A QEMU that ends, however, is noticed at once
 (its pidfd): the links close and `running()` is false.
 
-Until the stream multiplexer carries descriptors, the control and notify ports each
-carry one channel and no descriptors: a VM boots and stops, distributions do not run
-in it yet, and the service offers no version 2 (it still refuses `--version 2`).
+One virtio-serial port carries every channel, multiplexed (lxss.vm.muxlink on this
+side, lxss.guest.muxport in the guest); mini_init's control and notify channels are the
+first two. Distributions do not run in the VM yet (mini_init's LaunchInit still wants
+a tree the service mounted), so the service offers no version 2: it still refuses
+`--version 2`.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from typing import Final
 from lxss.aio import wait_readable, wait_reaped
 from lxss.linux.confine import off_loop
 from lxss.protocol import messages as m
+from lxss.protocol.mux import SERVICE_MINI_INIT, SERVICE_NOTIFY
 from lxss.vm import accel, initramfs, kernel, sysdisk
 from lxss.vm.console import Console
 from lxss.vm.document import Disk, SerialPort, VmDocument, qemu_command_line
 from lxss.vm.link import GuestLink
+from lxss.vm.muxlink import MuxLink
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,7 @@ QEMU: Final = "/usr/bin/qemu-system-x86_64"
 DOCUMENT_NAME: Final = "vm.json"
 STOP_TIMEOUT: Final = 10.0
 ENTROPY_BYTES: Final = 4096  # what WSL's service sends in InitialConfig
-CONTROL_PORT: Final = "lxss.control"
-NOTIFY_PORT: Final = "lxss.notify"
+MUX_PORT: Final = "lxss.mux"  # one port, every channel multiplexed (lxss.vm.muxlink)
 DEBUG_PORT: Final = "lxss.debug"
 # Loaded from the modules disk at boot (beyond the initramfs's): the balloon, for memory
 # given back to the host.
@@ -82,8 +85,7 @@ def kernel_command_line(files: BootFiles, extra: str = "") -> str:
     words = ["console=ttyS0", "quiet", "panic=-1", "pty.legacy_count=0", "random.trust_cpu=on"]
     if files.verdict.accelerator == "tcg" and files.verdict.tsc_khz:
         words += [f"tsc_early_khz={files.verdict.tsc_khz}", "tsc=reliable"]
-    words += [f"lxss.control={CONTROL_PORT}", f"lxss.notify={NOTIFY_PORT}",
-              f"lxss.debug={DEBUG_PORT}",
+    words += [f"lxss.mux={MUX_PORT}", f"lxss.debug={DEBUG_PORT}",
               f"lxss.modules={','.join(LATE_MODULES)}"]  # fmt: skip
     return " ".join(words + extra.split())
 
@@ -110,8 +112,7 @@ def make_document(
             *disks,
         ),
         serial_ports=(
-            SerialPort(CONTROL_PORT, os.path.join(directory, "control.sock")),
-            SerialPort(NOTIFY_PORT, os.path.join(directory, "notify.sock")),
+            SerialPort(MUX_PORT, os.path.join(directory, "mux.sock")),
             SerialPort(DEBUG_PORT, os.path.join(directory, "debug.sock")),
         ),
         free_page_reporting=True,
@@ -159,6 +160,7 @@ class QemuVm:
         self.document = document
         self.directory = directory
         self.process = process
+        self.mux: MuxLink | None = None
         self.control: GuestLink | None = None
         self.notify: GuestLink | None = None
         self.kernel_version = ""
@@ -220,10 +222,18 @@ class QemuVm:
     async def _first_contact(self, boot_timeout: float) -> None:
         deadline = time.monotonic() + boot_timeout
         ports = {p.name: p.socket for p in self.document.serial_ports}
-        control = await _connect(ports[CONTROL_PORT], self.process, deadline)
-        self.control = GuestLink(control, "mini_init")
-        notify = await _connect(ports[NOTIFY_PORT], self.process, deadline)
-        self.notify = GuestLink(notify, "notify")
+        stream = await _connect(ports[MUX_PORT], self.process, deadline)
+        # Nothing is sent until the guest's end has spoken: what the host writes to a port
+        # the guest has not opened yet is lost (its HELLO would be).
+        try:
+            await wait_readable(stream.fileno(), max(0.1, deadline - time.monotonic()))
+        except BaseException:
+            stream.close()
+            raise
+        self.mux = MuxLink(stream.detach(), f"vm2 pid {self.process.pid}")
+        await self.mux.wait_connected(max(0.1, deadline - time.monotonic()))
+        self.control = GuestLink(self.mux.open(SERVICE_MINI_INIT), "mini_init")
+        self.notify = GuestLink(self.mux.open(SERVICE_NOTIFY), "notify")
         capabilities, _ = await self.control.receive(
             (m.MiniInitGuestCapabilities,), timeout=max(0.1, deadline - time.monotonic())
         )
@@ -265,5 +275,7 @@ class QemuVm:
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
+        if self.mux is not None:
+            await self.mux.close()
         self.console.close()
         await off_loop(lambda: shutil.rmtree(self.directory, ignore_errors=True))
