@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     network,
     pty,
     throughput,
+    vm2,
 )  # fmt: skip
 from .registry import SPECS, Spec, run_figure
 
@@ -38,6 +39,8 @@ ORDER = (
     "mem-distro",
     "v2-boot",
     "v2-run",
+    "v2-vm-boot",
+    "v2-vm-memory",
 )
 assert set(ORDER) == set(SPECS), set(ORDER) ^ set(SPECS)
 
