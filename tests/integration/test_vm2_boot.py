@@ -5,8 +5,9 @@ The backend is not offered by the service yet (`--version 2` is still refused), 
 tests drive lxss.vm.qemu directly: the document is what QEMU runs, QEMU runs as the
 owner, the debug console is a shell in the VM, memory the guest frees goes back to the
 host (free page reporting), a clean shutdown is the guest powering off, a QEMU killed
-from outside is noticed at once, and nothing is left behind either way. Two boots (60 s
-budget each, TCG)."""
+from outside is noticed at once, a QEMU dies with the service that started it, and
+nothing is left behind either way. Two boots (60 s budget each, TCG); the last test only
+starts QEMU."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import os
 import pwd
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ from lxss.vm.document import VmDocument, qemu_command_line
 
 pytestmark = pytest.mark.vm2
 
+SRC = Path(__file__).resolve().parents[2] / "src"
 CACHE = "/var/cache/lxss/vm"  # the service's own cache, machine-wide: made once
 BOOT_BUDGET = 60.0
 
@@ -151,3 +155,41 @@ def _qemu_resident_mib(pid: int) -> int:
         if line.startswith("Rss:"):
             return int(line.split()[1]) // 1024
     raise AssertionError("no Rss in smaps_rollup")
+
+
+def test_a_qemu_does_not_outlive_the_service_that_started_it(
+    files: qemu.BootFiles, place: tuple[Path, int, int]
+) -> None:
+    """The service killed (as lxssd may be): its QEMU dies with it, whatever its owner."""
+    directory, uid, gid = place
+    document = qemu.make_document(files, str(directory), 256, 1)
+    directory.mkdir(parents=True)
+    os.chown(directory, uid, gid)
+    script = (
+        "import sys, os, time; sys.path.insert(0, sys.argv[1])\n"
+        "from lxss.vm import qemu\nfrom lxss.vm.document import VmDocument\n"
+        "document = VmDocument.from_json(sys.argv[2])\n"
+        "p = qemu.spawn(document, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), 2)\n"
+        "print(p.pid, flush=True); time.sleep(600)\n"
+    )
+    service = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", script, str(SRC), document.to_json(),
+         str(directory), str(uid), str(gid)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert service.stdout is not None
+        pid = int(service.stdout.readline())
+        deadline = time.monotonic() + 20.0
+        while Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] != qemu.QEMU.encode():
+            assert time.monotonic() < deadline, "the launcher did not exec QEMU"
+            time.sleep(0.05)
+    finally:
+        service.kill()
+        service.wait()
+        assert service.stdout is not None
+        service.stdout.close()
+    deadline = time.monotonic() + 10.0
+    while not _gone(pid):
+        assert time.monotonic() < deadline, f"QEMU {pid} outlived its service"
+        time.sleep(0.05)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from lxss.aio import wait_readable, wait_reaped
+from lxss.bootstrap import bootstrap_argv
+from lxss.linux import userns
 from lxss.linux.confine import off_loop
 from lxss.protocol import messages as m
 from lxss.protocol.mux import SERVICE_MINI_INIT, SERVICE_NOTIFY
@@ -150,6 +152,21 @@ async def _connect(path: str, process: subprocess.Popen[bytes], deadline: float)
         await asyncio.sleep(0.02)
 
 
+def spawn(
+    document: VmDocument, directory: str, uid: int, gid: int, console: int
+) -> subprocess.Popen[bytes]:
+    """QEMU on *document*, as uid:gid in a session of its own, its output on *console*,
+    killed by the kernel if the service dies (lxss.vm.qemuexec: the launcher execs
+    QEMU, so the process is QEMU's)."""
+    argv = bootstrap_argv("lxss.vm.qemuexec", str(uid), str(gid),
+                          *qemu_command_line(document, QEMU))  # fmt: skip
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=console, stderr=console, cwd=directory,
+        start_new_session=True,
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", userns.PARENT_ENV: str(os.getpid())},
+    )  # fmt: skip
+
+
 class QemuVm:
     """A running QEMU VM; its starter owns it and must `stop` it."""
 
@@ -191,14 +208,9 @@ class QemuVm:
         await off_loop(lambda: _fresh_directory(directory, uid, gid))
         with open(os.path.join(directory, DOCUMENT_NAME), "w") as f:
             f.write(document.to_json())
-        argv = qemu_command_line(document, QEMU)
         console_r, console_w = os.pipe2(os.O_CLOEXEC)
         try:
-            process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=console_w, stderr=console_w,
-                cwd=directory, user=uid, group=gid, extra_groups=[], start_new_session=True,
-                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
-            )  # fmt: skip
+            process = spawn(document, directory, uid, gid, console_w)
         except OSError as e:
             os.close(console_r)
             await off_loop(lambda: shutil.rmtree(directory, ignore_errors=True))
