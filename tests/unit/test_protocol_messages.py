@@ -87,7 +87,13 @@ SAMPLES: list[Message] = [
     InitTerminateInstance(force=False),
     MiniInitLaunchInit("debian", "{0c5d}", "/var/lib/lxss/0/x/rootfs", "host", 1, 0),
     MiniInitCreateInstanceResult(5, FailureStep.LAUNCH_INIT, -1, ("disk full",)),
-    MiniInitEarlyConfig(hostname="vm", memory_bytes=8 << 30, processors=4, flags=0),
+    MiniInitEarlyConfig(
+        hostname="vm",
+        memory_bytes=8 << 30,
+        processors=4,
+        flags=0,
+        networking_mode=NetworkingMode.NONE,
+    ),
     MiniInitInitialConfig(networking_mode=NetworkingMode.NAT, entropy=bytes(range(256)) * 16),
     MiniInitGuestCapabilities(kernel_version="6.1.0-13-amd64", pid=2**31 - 1),
     GnsInterfaceConfiguration(configuration='{"interface": "eth0", "mtu": 1500}'),
@@ -145,6 +151,7 @@ def test_catalogue_keeps_wsl_numbers() -> None:
         "BRIDGED": 2,
         "MIRRORED": 3,
         "VIRTIO_PROXY": 4,
+        "CONSOMME": 5,  # lxss's own number: WSL has Consomme in .wslconfig only
     }
     assert {step.name: int(step) for step in FailureStep} == {
         "NONE": 0,

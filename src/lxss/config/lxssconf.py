@@ -12,7 +12,6 @@ lxss differs from WSL in three places, each marked below: networkingMode default
 
 from __future__ import annotations
 
-import enum
 import os
 from dataclasses import dataclass
 from typing import Final
@@ -30,28 +29,11 @@ from lxss.config.syntax import (
     parse,
     read_config_text,
 )
+from lxss.protocol.messages import NetworkingMode as NetworkingMode  # defined with the messages
 
 MACHINE_CONFIG_PATH: Final = "/etc/lxss.conf"
 USER_CONFIG_NAME: Final = ".lxssconfig"  # in the user's home directory
 MIN_MEMORY_BYTES: Final = 256 << 20  # as WSL: a smaller VM does not boot a distribution usefully
-
-
-class NetworkingMode(enum.Enum):
-    """`wsl2.networkingMode`: how the utility VM reaches the network.
-
-    `MIRRORED` is lxss's default (WSL's is `NAT`). WSL's mirrored mode copies the host's
-    interfaces into the VM; lxss's namespace VM (version 1) goes one step further and keeps the
-    host's own network namespace, so a distribution sees the host's interfaces, addresses and
-    ports as they are, with no bridge, NAT rules or addresses to set up and nothing to clean up.
-    The other modes are WSL's; which of them a backend implements is the backend's business.
-    """
-
-    NONE = "None"  # loopback only
-    NAT = "Nat"  # a private network behind the host
-    BRIDGED = "Bridged"  # a bridge onto the host's network
-    MIRRORED = "Mirrored"  # the host's network itself
-    VIRTIO_PROXY = "VirtioProxy"  # user-mode networking through the VMM
-    CONSOMME = "Consomme"  # WSL's user-mode network stack (its fallback for Nat)
 
 
 _BOOL, _INT, _STRING = ValueType.BOOL, ValueType.INT, ValueType.STRING
@@ -64,8 +46,8 @@ PROCESSORS: Final = Key("wsl2.processors", _INT)  # None: all the host's CPUs
 NETWORKING_MODE: Final = Key(
     "wsl2.networkingMode",
     ValueType.ENUM,
-    NetworkingMode.MIRRORED.value,  # lxss: WSL's default is Nat
-    choices=tuple(mode.value for mode in NetworkingMode),
+    NetworkingMode.MIRRORED.spelling,  # lxss: WSL's default is Nat
+    choices=tuple(mode.spelling for mode in NetworkingMode),
     aliases=("experimental.networkingMode",),  # WSL keeps the old spelling working
 )
 LOCALHOST_FORWARDING: Final = Key("wsl2.localhostForwarding", _BOOL, True)
@@ -233,7 +215,7 @@ def load_lxss_config(
         instance_idle_timeout_ms=get_int(values, INSTANCE_IDLE_TIMEOUT),
         distribution_install_path=get_str(values, DISTRIBUTION_INSTALL_PATH),
         vm_idle_timeout_ms=get_int(values, VM_IDLE_TIMEOUT),
-        networking_mode=NetworkingMode(get_str(values, NETWORKING_MODE)),
+        networking_mode=NetworkingMode.from_spelling(get_str(values, NETWORKING_MODE)),
         localhost_forwarding=get_bool(values, LOCALHOST_FORWARDING),
         kernel=get_str(values, KERNEL),
         kernel_command_line=get_str(values, KERNEL_COMMAND_LINE),

@@ -26,8 +26,7 @@ from typing import Any
 from lxss.linux import sysctl
 from lxss.linux.netlink import Netlink
 from lxss.linux.proctitle import set_title
-
-OWN_NETWORK_MODES = ("None", "Nat")
+from lxss.protocol import messages as m
 
 
 def open_limits(gid_map: str) -> tuple[tuple[str, str], ...]:
@@ -113,10 +112,10 @@ def configure(text: str) -> tuple[int, str]:
     return 0, ""
 
 
-def main(networking_mode: str) -> int:
+def main(networking_mode: m.NetworkingMode) -> int:
     """Run in a child of mini_init; the exit status is the result (0, or an errno)."""
     set_title("lxss-gns")
-    if networking_mode not in OWN_NETWORK_MODES:
+    if networking_mode.shares_host_network:
         return 0  # the host's own network: nothing of it is ours to set
     try:
         with Netlink() as nl:

@@ -2,9 +2,10 @@
 
 Serves the service's channel one message at a time:
 
-- EarlyConfig: the VM's hostname; the shared /mnt/wsl tmpfs; starts gns and
-  answers with its result (a transaction);
-- InitialConfig: networking settings;
+- EarlyConfig: the VM's hostname and networking mode; the VM's own sysfs when it
+  has a network of its own; starts gns and answers with its result (a transaction);
+- InitialConfig: the networking mode again (it must agree), and entropy for a
+  kernel of the VM's own (a namespace VM shares the host's pool: nothing to do);
 - GnsInterfaceConfiguration: gns configures the interface the service attached (a NAT
   VM's eth0) and answers with GnsResult (a transaction);
 - LaunchInit (+ the new distribution's channel and its tree, a detached mount):
@@ -14,6 +15,10 @@ Serves the service's channel one message at a time:
   lxss.linux.idmap), then new mount, pid, UTS and IPC namespaces, and forks the
   distribution's init: it mounts the tree and the rest, pivots into it and runs.
   The boot process stays as init's parent; its end is the distribution's.
+
+mini_init is given its channels and its scratch directory (a boot parameter, as a
+kernel command line gives /init its settings) and nothing else: every other setting
+arrives over the channel, so the same module runs in a QEMU guest.
 
 When a distribution's init exits, mini_init reports ChildExit on the notify
 channel. When the service closes the channel, mini_init returns and, being
@@ -45,7 +50,6 @@ from lxss.linux.proctitle import set_title
 from lxss.protocol import messages as m
 from lxss.protocol.channel import Channel, ChannelClosed
 from lxss.protocol.framing import ProtocolError
-from lxss.vm.spec import VmSpec
 
 HOST_MOUNT = "/mnt/host"
 # lxss's native tools for distributions, built by setup.sh (lxss/guest/native/lxss-guest.c).
@@ -58,19 +62,19 @@ def _tools_dir() -> str | None:
 
 class MiniInit:
     def __init__(
-        self, spec: VmSpec, control: Channel, notify: Channel, own_kernel: bool = False
+        self, control: Channel, notify: Channel, scratch: str, own_kernel: bool = False
     ) -> None:
-        self.spec = spec
-        self.own_kernel = own_kernel  # version 2: pid 1 of a kernel of our own
+        self.own_kernel = own_kernel  # version 2: pid 1 of a kernel of our own (boot parameter)
         self.control = control
         self.notify = notify
-        self.scratch = str(spec.extra["scratch"])
+        # Until EarlyConfig says otherwise: the host's network, as version 1 has it.
+        self.networking_mode = m.NetworkingMode.MIRRORED
+        self.scratch = scratch
         self.shared = os.path.join(self.scratch, "shared")
         self.sysfs = os.path.join(self.scratch, "sys")
         self.distributions: dict[int, str] = {}
         self.mount_points: dict[int, str] = {}
         self.children = ChildWatch()
-        self.own_network = spec.networking_mode in gns.OWN_NETWORK_MODES
 
     # Boot ----------------------------------------------------------------------
 
@@ -82,28 +86,51 @@ class MiniInit:
         sc.mount("wsl", self.shared, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755")
         # Shared: what one distribution mounts under /mnt/wsl, all of them see.
         sc.mount(None, self.shared, None, sc.MS_SHARED)
-        if self.own_network:
-            # A sysfs of the VM's own network namespace, mounted here (only the namespace's
-            # owner may): distributions, in user namespaces of their own, bind it.
-            os.mkdir(self.sysfs, 0o755)
-            sc.mount("sysfs", self.sysfs, "sysfs", mounts.NOSUID_NODEV_NOEXEC | sc.MS_RDONLY)
         os.mkdir(os.path.join(self.scratch, "roots"), 0o700)
         self.control.send(m.MiniInitGuestCapabilities(kernel_version=os.uname().release, pid=1))
 
     # Messages ------------------------------------------------------------------
 
+    @property
+    def own_network(self) -> bool:
+        """The VM has a network namespace of its own (every mode but Mirrored)."""
+        return not self.networking_mode.shares_host_network
+
     def early_config(self, header: m.MessageHeader, message: m.MiniInitEarlyConfig) -> None:
+        try:
+            self.networking_mode = m.NetworkingMode(message.networking_mode)
+        except ValueError:
+            self.control.reply(header, m.ResultInt32(value=errno.EINVAL))
+            return
         if message.hostname:
             sc.sethostname(message.hostname)
+        if self.own_network and not os.path.isdir(self.sysfs):
+            # A sysfs of the VM's own network namespace, mounted here (only the namespace's
+            # owner may): distributions, in user namespaces of their own, bind it.
+            os.mkdir(self.sysfs, 0o755)
+            sc.mount("sysfs", self.sysfs, "sysfs", mounts.NOSUID_NODEV_NOEXEC | sc.MS_RDONLY)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = gns.main(self.spec.networking_mode)
+                code = gns.main(self.networking_mode)
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         self.control.reply(header, m.ResultInt32(value=os.waitstatus_to_exitcode(status)))
+
+    def initial_config(self, message: m.MiniInitInitialConfig) -> None:
+        """The networking mode, sent again once the guest is up, must be EarlyConfig's (a
+        service and a VM that disagree are said to the VM's console). Its entropy seeds the
+        pool of a kernel of our own; a namespace VM shares the host's."""
+        if message.networking_mode != self.networking_mode:
+            print(
+                f"mini_init: InitialConfig's networking mode {message.networking_mode} is not "
+                f"EarlyConfig's ({int(self.networking_mode)}); keeping EarlyConfig's",
+                file=sys.stderr,
+            )
+        if self.own_kernel:
+            add_entropy(message.entropy)
 
     def configure_interface(
         self, header: m.MessageHeader, message: m.GnsInterfaceConfiguration
@@ -266,9 +293,7 @@ class MiniInit:
             if isinstance(message, m.MiniInitEarlyConfig):
                 self.early_config(header, message)
             elif isinstance(message, m.MiniInitInitialConfig):
-                # Networking settings are applied by gns once it configures interfaces.
-                if self.own_kernel:
-                    add_entropy(message.entropy)
+                self.initial_config(message)
             elif isinstance(message, m.GnsInterfaceConfiguration):
                 self.configure_interface(header, message)
             elif isinstance(message, m.MiniInitLaunchInit):
@@ -353,11 +378,14 @@ def _report_launch_failure(channel_fd: int, error: OSError) -> None:
             print(f"mini_init: cannot report a failed launch: {e}", file=sys.stderr)
 
 
-def main(spec: VmSpec, control_fd: int, notify_fd: int, own_kernel: bool = False) -> int:
+def main(control_fd: int, notify_fd: int, scratch: str, own_kernel: bool = False) -> int:
+    """Serve the utility VM's channel (*control_fd*; ChildExit goes to *notify_fd*), with
+    *scratch* as the VM's own directory; returns when the service closes the channel.
+    *own_kernel*: pid 1 of a kernel of our own (version 2), whose entropy pool we seed."""
     set_title("lxss-mini_init")
     control = Channel(socket.socket(fileno=control_fd), "mini_init", timeout=30.0)
     notify = Channel(socket.socket(fileno=notify_fd), "notify", timeout=30.0)
-    vm = MiniInit(spec, control, notify, own_kernel)
+    vm = MiniInit(control, notify, scratch, own_kernel)
     try:
         vm.boot()
         return vm.serve()

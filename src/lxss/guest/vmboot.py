@@ -147,13 +147,10 @@ def main(argv: list[str]) -> int:
         sc.power_off()
         return 1
     from lxss.guest import mini_init
-    from lxss.vm.spec import VmSpec
 
-    spec = VmSpec(owner_uid=0, memory_bytes=0, processors=os.cpu_count() or 1, pids_limit=0,
-                  networking_mode="None", extra={"scratch": SCRATCH})  # fmt: skip
     code = 1
     try:
-        code = mini_init.main(spec, control, notify, own_kernel=True)
+        code = mini_init.main(control, notify, SCRATCH, own_kernel=True)
     finally:
         _log(f"mini_init returned {code}; powering off")
         sys.stdout.flush()

@@ -14,7 +14,7 @@ here is what puts it in :data:`CATALOGUE`.
 
 from collections.abc import Sequence
 from enum import IntEnum
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Final, NamedTuple
 
 from lxss.protocol.codec import (
     CATALOGUE,
@@ -278,24 +278,64 @@ class MiniInitCreateInstanceResult(Message):
     warnings: Strs  # one line each, for the user
 
 
+class NetworkingMode(IntEnum):
+    """`wsl2.networkingMode`: how the utility VM reaches the network, by WSL's
+    LX_MINI_INIT_NETWORKING_MODE numbers. The one definition: the configuration parses
+    `spelling`s onto it, the VM spec carries it, the guest messages send its number.
+
+    `MIRRORED` is lxss's default (WSL's is `NAT`). WSL's mirrored mode copies the host's
+    interfaces into the VM; lxss's namespace VM (version 1) goes one step further and keeps
+    the host's own network namespace. A VM backend declares the modes it implements
+    (`VmBackend.networking_modes`); any other falls back with a warning the user sees
+    (lxss.vm.netmodes).
+    """
+
+    NONE = 0  # loopback only
+    NAT = 1  # a private network behind the host
+    BRIDGED = 2  # a bridge onto the host's network
+    MIRRORED = 3  # the host's network itself
+    VIRTIO_PROXY = 4  # user-mode networking through the VMM
+    CONSOMME = 5  # WSL's user-mode network stack (a .wslconfig value; lxss's number)
+
+    @property
+    def spelling(self) -> str:
+        """The name .wslconfig and .lxssconfig use ("None", "Nat", "VirtioProxy")."""
+        return _NETWORKING_SPELLINGS[self]
+
+    @property
+    def shares_host_network(self) -> bool:
+        """The VM's processes use the host's own network (no network namespace of theirs)."""
+        return self is NetworkingMode.MIRRORED
+
+    @classmethod
+    def from_spelling(cls, text: str) -> "NetworkingMode":
+        """The mode spelled *text* (case-insensitive, as WSL reads it); ValueError else."""
+        for mode, spelling in _NETWORKING_SPELLINGS.items():
+            if spelling.lower() == text.lower():
+                return mode
+        raise ValueError(f"not a networking mode: {text!r}")
+
+
+_NETWORKING_SPELLINGS: Final = {
+    NetworkingMode.NONE: "None",
+    NetworkingMode.NAT: "Nat",
+    NetworkingMode.BRIDGED: "Bridged",
+    NetworkingMode.MIRRORED: "Mirrored",
+    NetworkingMode.VIRTIO_PROXY: "VirtioProxy",
+    NetworkingMode.CONSOMME: "Consomme",
+}
+
+
 class MiniInitEarlyConfig(Message):
-    """Service -> mini_init: settings needed before anything else starts."""
+    """Service -> mini_init: settings needed before anything else starts (gns starts
+    here, so the networking mode comes here too: lxss's own field)."""
 
     TYPE: ClassVar[int] = 36
     hostname: Str
     memory_bytes: U64  # memory the utility VM may use
     processors: U32
     flags: U32
-
-
-class NetworkingMode(IntEnum):
-    """``MiniInitInitialConfig.networking_mode``; WSL's numbering."""
-
-    NONE = 0
-    NAT = 1
-    BRIDGED = 2
-    MIRRORED = 3
-    VIRTIO_PROXY = 4
+    networking_mode: U32  # a NetworkingMode
 
 
 class MiniInitInitialConfig(Message):

@@ -198,7 +198,7 @@ async def start_instance(
         instance.warnings = [*vm_warnings, *result.warnings]
         resolvers = hostinfo.host_resolvers(
             resolv_conf,
-            vm.spec.networking_mode == "Mirrored",
+            vm.spec.networking_mode.shares_host_network,
             getattr(vm, "dns_servers", None),
         )
         initialize = m.InitInitialize(

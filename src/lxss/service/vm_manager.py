@@ -77,7 +77,7 @@ class VmManager:
         if self.vm is None or not self.vm.running():
             return {}
         status: dict[str, Any] = getattr(self.vm, "network_status", dict)()
-        return {"mode": self.vm.spec.networking_mode, **status}
+        return {"mode": self.vm.spec.networking_mode.spelling, **status}
 
     def backends(self) -> tuple[str, ...]:
         return (str(self.backend.version),)
@@ -120,8 +120,8 @@ class VmManager:
         if self.vm is not None:
             await self.vm_gone(force=True)
         self.config = config = self.load_config()
-        modes = getattr(self.backend, "networking_modes", ("Mirrored",))
-        mode, network_warning = netmodes.effective_mode(config.networking_mode.value, modes)
+        modes = self.backend.networking_modes
+        mode, network_warning = netmodes.effective_mode(config.networking_mode, modes)
         self.vm_warnings = [network_warning] if network_warning else []
         spec = VmSpec(
             owner_uid=self.uid,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from lxss.linux.subids import Mapping
+from lxss.protocol.messages import NetworkingMode
 from lxss.vm.link import GuestLink
 from lxss.vm.spec import VmSpec
 
@@ -31,6 +32,7 @@ class Vm(Protocol):
 
 class VmBackend(Protocol):
     version: int
+    networking_modes: frozenset[NetworkingMode]  # what `start` implements (lxss.vm.netmodes)
 
     async def start(self, spec: VmSpec, mapping: Mapping) -> Vm:
         """Boot a VM for *spec* as the owner *mapping* describes; raises on failure,

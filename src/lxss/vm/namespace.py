@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import subprocess
-from dataclasses import replace
 
 from lxss.aio import wait_exited, wait_reaped
 from lxss.bootstrap import bootstrap_argv
@@ -164,7 +163,9 @@ def _check_reachable(directory: str, vm_uid: int) -> None:
 
 class NamespaceBackend:
     version = 1
-    networking_modes = ("Mirrored", "Nat", "None")
+    networking_modes = frozenset(
+        {m.NetworkingMode.MIRRORED, m.NetworkingMode.NAT, m.NetworkingMode.NONE}
+    )
 
     def __init__(
         self,
@@ -212,13 +213,13 @@ class NamespaceBackend:
         scratch = self.scratch_dir(uid)
         await off_loop(lambda: _fresh_scratch(scratch))
         _check_reachable(os.path.dirname(scratch), mapping.uid.owner_id)
-        spec = replace(spec, extra={**spec.extra, "scratch": scratch})
         control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         notify, notify_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         console_r, console_w = os.pipe2(os.O_CLOEXEC)
         argv = bootstrap_argv(
             "lxss.vm.nsboot",
             spec.to_json(),
+            scratch,
             str(control_child.fileno()),
             str(notify_child.fileno()),
         )
@@ -269,7 +270,7 @@ class NamespaceBackend:
             await vm.control.receive((m.MiniInitGuestCapabilities,), timeout=spec.boot_timeout_s)
             # mini_init is up: the boot process has made the VM's network namespace.
             interface = None
-            if spec.networking_mode == "Nat":
+            if spec.networking_mode is m.NetworkingMode.NAT:
                 vm.network = VmNetwork(
                     self.network_state_dir, self.host_resolv_conf, spec.owner_uid
                 )
@@ -279,6 +280,7 @@ class NamespaceBackend:
                 memory_bytes=spec.memory_bytes,
                 processors=spec.processors,
                 flags=0,
+                networking_mode=spec.networking_mode,
             )
             result, _ = await vm.control.transaction(early, m.ResultInt32)
         except (OSError, EOFError, ValueError) as e:
@@ -296,6 +298,6 @@ class NamespaceBackend:
         except (OSError, EOFError, ValueError) as e:
             raise VmStartError(f"the utility VM's network: {e}") from e
         initial = m.MiniInitInitialConfig(
-            networking_mode=spec.networking_mode_number, entropy=os.urandom(64)
+            networking_mode=spec.networking_mode, entropy=os.urandom(64)
         )
         await vm.control.send(initial)

@@ -8,7 +8,12 @@ and forks: the child is pid 1 of the new pid namespace — mini_init. This
 process stays as its parent, so the backend owns one process whose exit is
 the VM's end.
 
-    nsboot SPEC_JSON CONTROL_FD NOTIFY_FD
+    nsboot SPEC_JSON SCRATCH CONTROL_FD NOTIFY_FD
+
+SCRATCH is the VM's scratch directory (mini_init mounts a tmpfs of its own on it): a
+boot parameter, as a kernel command line hands /init its settings. mini_init is given
+nothing else: the rest of its settings come over its channel (EarlyConfig,
+InitialConfig), as they do in a QEMU guest.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import resource
 import signal
 import sys
 
-from lxss.guest import gns, mini_init
+from lxss.guest import mini_init
 from lxss.linux import syscalls as sc
 from lxss.linux import userns
 from lxss.linux.children import exit_code
@@ -44,18 +49,17 @@ def _conventional_descriptor_limit() -> None:
 
 def main(argv: list[str]) -> int:
     userns.die_with_parent()
-    if len(argv) != 3:
-        print("usage: nsboot SPEC_JSON CONTROL_FD NOTIFY_FD", file=sys.stderr)
+    if len(argv) != 4:
+        print("usage: nsboot SPEC_JSON SCRATCH CONTROL_FD NOTIFY_FD", file=sys.stderr)
         return 2
     _conventional_descriptor_limit()
     spec = VmSpec.from_json(argv[0])
-    control_fd, notify_fd = int(argv[1]), int(argv[2])
+    scratch, control_fd, notify_fd = argv[1], int(argv[2]), int(argv[3])
     userns.enter_user_namespace()
     # Not dumpable, whoever the owner is: distribution root must not reach the lxss roles'
     # memory, descriptors or executable through /proc (every role inherits this on fork).
     sc.set_dumpable(False)
-    own_network = spec.networking_mode in gns.OWN_NETWORK_MODES
-    flags = NAMESPACES | (sc.CLONE_NEWNET if own_network else 0)
+    flags = NAMESPACES | (0 if spec.networking_mode.shares_host_network else sc.CLONE_NEWNET)
     sc.unshare(flags)
     # Nothing mounted in the VM may propagate back to the host's tree.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -68,7 +72,7 @@ def main(argv: list[str]) -> int:
         code = 1
         try:
             sc.set_pdeathsig(signal.SIGKILL)
-            code = mini_init.main(spec, control_fd, notify_fd)
+            code = mini_init.main(control_fd, notify_fd, scratch)
         except BaseException as e:  # pid 1 must never unwind into our caller's frames
             print(f"mini_init: fatal: {type(e).__name__}: {e}", file=sys.stderr)
         finally:

@@ -256,6 +256,7 @@ class QemuVm:
             memory_bytes=self.document.memory_mib << 20,
             processors=self.document.processors,
             flags=0,
+            networking_mode=m.NetworkingMode.NONE,
         )
         result, _ = await self.control.transaction(early, m.ResultInt32)
         if result.value != 0:
