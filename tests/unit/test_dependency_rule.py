@@ -168,3 +168,10 @@ def _cycles(package: str) -> list[list[str]]:
 def test_no_import_cycles(package: str) -> None:
     """No two modules own each other (the runtime and the user session once did)."""
     assert _cycles(package) == []
+
+
+def test_the_service_names_no_concrete_backend() -> None:
+    """The service sees the VmBackend/Vm/Link protocols, the VM spec, the table of backends
+    by version and the networking-mode fallbacks; never a backend, its link or its errors."""
+    allowed = {"lxss.vm.backend", "lxss.vm.backends", "lxss.vm.spec", "lxss.vm.netmodes"}
+    assert {b for _, b in edges("lxss.service", "lxss.vm")} <= allowed

@@ -24,7 +24,7 @@ from lxss.service.owner import Owner
 from lxss.service.registry import Registry
 from lxss.service.settings import Settings
 from lxss.service.user_session import UserSession
-from lxss.vm.backend import VmBackend
+from lxss.vm.backends import Backends
 
 _OWNER_CACHE = 65536  # entries: more than a few users' distributions ever connect from
 
@@ -44,10 +44,10 @@ def _check_stream_fd(fd: int, parameter: str, writing: bool) -> None:
 
 
 class ServiceHandler:
-    def __init__(self, registry: Registry, settings: Settings, backend: VmBackend) -> None:
+    def __init__(self, registry: Registry, settings: Settings, backends: Backends) -> None:
         self.registry = registry
         self.settings = settings
-        self.backend = backend
+        self.backends = backends
         self.sessions: dict[int, UserSession] = {}
         self._owners: dict[int, int] = {}  # peer uid -> owner, while /etc/subuid is unchanged
         self._owners_stamp: tuple[int, int, int] | None = None
@@ -56,7 +56,7 @@ class ServiceHandler:
         """The one UserSession of *uid* (created on first use, kept for the service's life)."""
         session = self.sessions.get(uid)
         if session is None:
-            session = UserSession(Owner.lookup(uid), self.registry, self.settings, self.backend)
+            session = UserSession(Owner.lookup(uid), self.registry, self.settings, self.backends)
             self.sessions[uid] = session
         return session
 

@@ -19,16 +19,13 @@ from collections.abc import Callable
 from typing import Final
 
 from lxss.api import errors
-from lxss.linux.subids import Mapping
 from lxss.protocol import messages as m
 from lxss.protocol.channel import ChannelClosed
 from lxss.protocol.framing import ProtocolError
 from lxss.service import hostinfo
 from lxss.service.lifetime import IdleTimer
 from lxss.service.registry import Distribution
-from lxss.service.trees import Trees
-from lxss.vm.backend import Vm
-from lxss.vm.link import GuestLink
+from lxss.vm.backend import Link, Vm
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +38,14 @@ GUEST_ERRORS: Final = (ChannelClosed, ProtocolError, TimeoutError, OSError)
 class Instance:
     """One running distribution."""
 
-    def __init__(self, distribution: Distribution, vm: Vm, link: GuestLink, vm_pid: int) -> None:
+    def __init__(self, distribution: Distribution, vm: Vm, link: Link, vm_pid: int) -> None:
         self.distribution = distribution
         self.vm = vm  # pids are per VM: a ChildExit from another VM is not about us
         self.link = link
         self.vm_pid = vm_pid
         self.default_uid = distribution.default_uid
         self.os_release = (distribution.os_id, distribution.os_version_id)
-        self.leaders: dict[int, GuestLink] = {}
+        self.leaders: dict[int, Link] = {}
         self.leader_lock = asyncio.Lock()
         self.relays: set[socket.socket] = set()
         self.idle = IdleTimer()
@@ -104,13 +101,13 @@ class Instance:
 
     # Session leaders -------------------------------------------------------------
 
-    async def leader(self, console_id: int) -> GuestLink:
+    async def leader(self, console_id: int) -> Link:
         """The session leader of *console_id*, created on first use (one at a time: two
         launches from one console must not make two)."""
         async with self.leader_lock:
             return await self._leader_locked(console_id)
 
-    async def _leader_locked(self, console_id: int) -> GuestLink:
+    async def _leader_locked(self, console_id: int) -> Link:
         leader = self.leaders.get(console_id)
         if leader is not None and not leader.peer_gone():
             return leader
@@ -130,7 +127,7 @@ class Instance:
                 distribution=self.distribution.name,
                 reason=f"no session leader: {os.strerror(reply.result or errno.EIO)}",
             )
-        leader = GuestLink(socket.socket(fileno=fds[0]), f"session:{self.distribution.name}")
+        leader = self.vm.adopt(fds[0], f"session:{self.distribution.name}")
         self.leaders[console_id] = leader
         return leader
 
@@ -155,41 +152,35 @@ class Instance:
 
 
 async def start_instance(
-    vm: Vm,
-    distribution: Distribution,
-    trees: Trees,
-    mapping: Mapping,
-    resolv_conf: str,
-    vm_warnings: list[str],
+    vm: Vm, distribution: Distribution, resolv_conf: str, vm_warnings: list[str]
 ) -> Instance:
-    """Start *distribution* in *vm* as *mapping* stores its tree; StartFailed if it cannot."""
+    """Start *distribution* in *vm*, its root as the VM describes it; StartFailed if it
+    cannot. *vm_warnings* are said at every start in this VM."""
     name = distribution.name
-    root_path = os.path.join(distribution.base_path, "rootfs")
     try:
-        stored = trees.open_stored(root_path, mapping)
+        root = vm.open_root(distribution.base_path)
     except OSError as e:
         raise errors.StartFailed(distribution=name, reason=f"its tree: {e.strerror}") from None
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    link = GuestLink(ours, f"init:{name}")
+    try:
+        link, guest_end = vm.open_channel(f"init:{name}")
+    except BaseException:
+        root.close()
+        raise
     try:
         launch = m.MiniInitLaunchInit(
             distribution_name=name,
             guid=distribution.guid,
-            root_path=root_path,
+            root_path=root.root_path,
             hostname=vm.spec.hostname,
             flags=0,
             default_uid=distribution.default_uid,
         )
         try:
-            plain = trees.plain(stored)
-            try:
-                await vm.control.send(launch, [theirs.fileno(), plain])
-            finally:
-                os.close(plain)
+            await vm.control.send(launch, [guest_end, *root.fds])
         finally:
-            theirs.close()
+            os.close(guest_end)
         timeout = vm.spec.distribution_start_timeout_s
-        result = await trees.start_result(link, stored, mapping, timeout)
+        result = await root.serve_start(link, timeout)
         if result.result != 0:
             step = _failure_step(result.failure_step)
             detail = "; ".join(result.warnings) or os.strerror(result.result)
@@ -199,7 +190,7 @@ async def start_instance(
         resolvers = hostinfo.host_resolvers(
             resolv_conf,
             vm.spec.networking_mode.shares_host_network,
-            getattr(vm, "dns_servers", None),
+            vm.dns_servers,
         )
         initialize = m.InitInitialize(
             hostname=vm.spec.hostname,
@@ -219,7 +210,7 @@ async def start_instance(
         link.close()
         raise errors.StartFailed(distribution=name, reason=str(e)) from None
     finally:
-        os.close(stored)
+        root.close()
     instance.default_uid = reply.default_uid
     instance.warnings += list(reply.warnings)
     instance.os_release = (reply.flavor or "", reply.version or "")

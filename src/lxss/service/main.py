@@ -27,7 +27,7 @@ from lxss.service import registry
 from lxss.service.handler import ServiceHandler
 from lxss.service.registry import Registry
 from lxss.service.settings import Settings
-from lxss.vm.namespace import NamespaceBackend
+from lxss.vm import backends
 
 log = logging.getLogger("lxssd")
 
@@ -199,14 +199,16 @@ async def serve(settings: Settings, systemd: bool) -> None:
     os.makedirs(settings.state_dir, 0o755, exist_ok=True)
     db = Registry(settings.registry_path)
     os.chmod(settings.registry_path, 0o600)
-    backend = NamespaceBackend(
-        cgroup.Layout.detect(),
-        settings.cgroup_name,
-        settings.runtime_dir,
-        settings.host_resolv_conf,
+    context = backends.BackendContext(
+        cgroup_layout=cgroup.Layout.detect(),
+        cgroup_root=settings.cgroup_name,
+        runtime_dir=settings.runtime_dir,
+        state_dir=settings.state_dir,
+        host_resolv_conf=settings.host_resolv_conf,
     )
-    handler = ServiceHandler(db, settings, backend)
-    backend.recover()
+    vm_backends = backends.load(context)
+    handler = ServiceHandler(db, settings, vm_backends)
+    vm_backends.recover()
     await _recover(handler, db)
     with open(INTERFACE_FILE, encoding="utf-8") as f:
         interface = f.read()
@@ -233,7 +235,7 @@ async def serve(settings: Settings, systemd: bool) -> None:
         for session in list(handler.sessions.values()):
             with contextlib.suppress(Exception):
                 await session.runtime.shutdown(force=False)
-        backend.close()
+        vm_backends.close()
         listener.close()
         if not systemd:
             with contextlib.suppress(FileNotFoundError):

@@ -36,49 +36,89 @@ from lxss.service.owner import OwnerIds
 from lxss.service.registry import Distribution, Registry
 from lxss.service.settings import Settings
 from lxss.service.vm_manager import VmManager
-from lxss.vm.backend import VmBackend
+from lxss.vm.backends import Backends
 
 log = logging.getLogger(__name__)
 
 TERMINATE_TIMEOUT: Final = 10.0
 DEFAULT_INSTANCE_IDLE_MS: Final = 15000
+NO_BACKEND: Final = "this lxss has no QEMU backend yet; use version 1"
 
 
 class Runtime:
     def __init__(self, ids: OwnerIds, registry: Registry, locks: DistributionLocks,
-                 settings: Settings, backend: VmBackend) -> None:  # fmt: skip
+                 settings: Settings, backends: Backends) -> None:  # fmt: skip
         self.ids = ids
         self.uid = ids.owner.uid
         self.registry = registry
         self.locks = locks
         self.settings = settings
-        self.vms = VmManager(ids, locks, settings, backend)
+        self.unavailable = backends.unavailable  # version -> why it cannot run here
+        # One VM manager per version: a version 1 and a version 2 VM run side by side.
+        self.managers = {
+            version: VmManager(ids, locks, settings, backend)
+            for version, backend in sorted(backends.available.items())
+        }
+        self._background: set[asyncio.Task[None]] = set()
         # First-run setups under way, by distribution GUID: other launches wait for them.
         self.first_runs: dict[str, asyncio.Event] = {}
 
     def __repr__(self) -> str:
-        return f"<Runtime uid={self.uid} {self.vms!r}>"
+        return f"<Runtime uid={self.uid} {list(self.managers.values())!r}>"
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run *coroutine* in the background, keeping the task alive until it ends."""
-        self.vms.spawn(coroutine)
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # Queries ---------------------------------------------------------------------
 
+    def manager(self, version: int) -> VmManager:
+        """The VM manager of *version*; VersionNotSupported if no backend runs it here."""
+        manager = self.managers.get(version)
+        if manager is None:
+            raise errors.VersionNotSupported(
+                version=version,
+                reason=self.unavailable.get(
+                    version, "this lxss has no QEMU backend yet; use version 1"
+                ),
+            )
+        return manager
+
+    def _running(self, guid: str) -> tuple[VmManager, Instance] | None:
+        for manager in self.managers.values():
+            instance = manager.instances.get(guid)
+            if instance is not None:
+                return manager, instance
+        return None
+
     def is_running(self, guid: str) -> bool:
-        return guid in self.vms.instances
+        return self._running(guid) is not None
 
     def vm_running(self) -> bool:
-        return self.vms.vm_running()
+        return any(manager.vm_running() for manager in self.managers.values())
 
     def backends(self) -> tuple[str, ...]:
-        return self.vms.backends()
+        return tuple(str(version) for version in self.managers)
 
     def network_status(self) -> dict[str, Any]:
-        return self.vms.network_status()
+        """Each running VM's network, for `lxss --status`: that of the user's default
+        version's VM (the one --status has always shown) when it runs, else any's."""
+        default = self.registry.user(self.uid).default_version
+        ordered = sorted(self.managers.items(), key=lambda item: item[0] != default)
+        for _, manager in ordered:
+            status = manager.network_status()
+            if status:
+                return status
+        return {}
 
     async def debug_shell(self, stdio: tuple[int, int, int], term: str | None) -> int:
-        return await self.vms.debug_shell(stdio, term)
+        """A shell in the VM of the user's default version (started if need be)."""
+        version = self.registry.user(self.uid).default_version
+        if version not in self.managers and self.managers:
+            version = min(self.managers)
+        return await self.manager(version).debug_shell(stdio, term)
 
     # Instances -------------------------------------------------------------------
 
@@ -91,7 +131,7 @@ class Runtime:
     async def ensure_instance(self, distribution: Distribution) -> Instance:
         """The running instance of *distribution*, started if needed, counted as launching
         (the caller must decrement `launching` when its launch is over)."""
-        vms = self.vms
+        vms = self.manager(distribution.version)
         running = vms.instances.get(distribution.guid)
         if running is not None and not running.stopping:
             return self._claim(running)  # the hot path: no lock, no wait behind other starts
@@ -118,12 +158,7 @@ class Runtime:
                                                       reason=reason),
                 )  # fmt: skip
                 instance = await start_instance(
-                    vm,
-                    distribution,
-                    vms.trees,
-                    vms.mapping(),
-                    self.settings.host_resolv_conf,
-                    vms.vm_warnings,
+                    vm, distribution, self.settings.host_resolv_conf, vms.vm_warnings
                 )
             except BaseException:
                 vms.arm_idle()
@@ -138,21 +173,22 @@ class Runtime:
         instance.idle.cancel()
         if instance.busy or instance.stopping:
             return
-        config = self.vms.config
+        vms = self.manager(instance.distribution.version)
+        config = vms.config
         timeout = config.instance_idle_timeout_ms if config else DEFAULT_INSTANCE_IDLE_MS
 
         def fire() -> None:
-            if not instance.busy and self.vms.is_current(instance):
+            if not instance.busy and vms.is_current(instance):
                 # Marked now, in this callback: a command arriving before the stop task
                 # runs must not claim an instance that is about to be stopped under it;
                 # it waits for the end and starts the distribution afresh instead.
                 instance.stopping = True
-                self.vms.spawn(self._stop(instance, force=False))
+                self.spawn(self._stop(instance, force=False))
 
         instance.idle.arm(timeout, fire)
 
     def arm_idle_if_current(self, instance: Instance) -> None:
-        if self.vms.is_current(instance):
+        if self.manager(instance.distribution.version).is_current(instance):
             self.arm_idle(instance)
 
     def track_relay(self, instance: Instance, lifetime: socket.socket) -> None:
@@ -248,19 +284,23 @@ class Runtime:
         A start under way (it holds the lock) is waited for, then stopped: a caller that
         locked the distribution first (export, unregister) is then sure it is down.
         """
-        async with self.vms.lock:
-            instance = self.vms.instances.get(guid)
+        running = self._running(guid)
+        if running is None:
+            return
+        async with running[0].lock:
+            instance = running[0].instances.get(guid)
         if instance is not None:
             await self._stop(instance, force)
 
     async def _stop(self, instance: Instance, force: bool) -> None:
         if await self._ask_to_stop(instance, force):
             return
-        async with self.vms.lock:
+        vms = self.manager(instance.distribution.version)
+        async with vms.lock:
             # A start waiting on this end may have stopped the VM itself meanwhile and
             # started a new one, which is not ours to stop.
             if not instance.ended.is_set():
-                await self.vms.vm_gone(force=True)
+                await vms.vm_gone(force=True)
 
     async def _ask_to_stop(self, instance: Instance, force: bool) -> bool:
         """Ask *instance*'s init to end it; False if it had not ended in time (the caller
@@ -280,12 +320,12 @@ class Runtime:
         return True
 
     async def shutdown(self, force: bool) -> None:
-        """Stop every distribution (unforced: each is asked first), then the VM."""
-        vms = self.vms
-        async with vms.lock:
-            if not force:
-                for instance in list(vms.instances.values()):
-                    if not await self._ask_to_stop(instance, force=False):
-                        await vms.vm_gone(force=True)
-            await vms.vm_gone(force=force)
-            vms.cancel_idle()
+        """Stop every distribution (unforced: each is asked first), then every VM."""
+        for vms in self.managers.values():
+            async with vms.lock:
+                if not force:
+                    for instance in list(vms.instances.values()):
+                        if not await self._ask_to_stop(instance, force=False):
+                            await vms.vm_gone(force=True)
+                await vms.vm_gone(force=force)
+                vms.cancel_idle()

@@ -28,7 +28,7 @@ from lxss.service.owner import Owner, OwnerIds
 from lxss.service.registry import Distribution, Registry
 from lxss.service.runtime import Runtime
 from lxss.service.settings import Settings
-from lxss.vm.backend import VmBackend
+from lxss.vm.backends import Backends
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,14 @@ STOPPED = "Stopped"
 
 class UserSession:
     def __init__(self, owner: Owner, registry: Registry, settings: Settings,
-                 backend: VmBackend) -> None:  # fmt: skip
+                 backends: Backends) -> None:  # fmt: skip
         self.owner = owner
         self.uid = owner.uid
         self.registry = registry
         self.settings = settings
         self.ids = OwnerIds(owner, settings)
         self.locks = DistributionLocks()
-        self.runtime = Runtime(self.ids, registry, self.locks, settings, backend)
+        self.runtime = Runtime(self.ids, registry, self.locks, settings, backends)
         self._workers = 0
         # Each worker may use 1 GiB: a few at a time per user keeps one user from taking
         # the machine's memory with parallel imports; the others wait their turn.
@@ -308,11 +308,7 @@ class UserSession:
     def check_version(self, version: int) -> None:
         if version not in (1, 2):
             raise errors.InvalidArgument(parameter="version", reason="must be 1 or 2")
-        if str(version) not in self.runtime.backends():
-            raise errors.VersionNotSupported(
-                version=version,
-                reason="this lxss has no QEMU backend yet; use version 1",
-            )
+        self.runtime.manager(version)  # VersionNotSupported, with why, if none runs it
 
     async def unregister(self, name_or_guid: str) -> list[str]:
         """Remove a distribution: its registration always (as WSL does), its files as far

@@ -19,17 +19,14 @@ from typing import Any, Final
 from lxss.api import errors
 from lxss.config.lxssconf import LxssConfig, load_lxss_config
 from lxss.linux.files import read_regular_file
-from lxss.linux.subids import Mapping
 from lxss.protocol import messages as m
 from lxss.service.instance import GUEST_ERRORS, Instance
 from lxss.service.lifetime import IdleTimer
 from lxss.service.locks import DistributionLocks
 from lxss.service.owner import OwnerIds
 from lxss.service.settings import Settings
-from lxss.service.trees import Trees
 from lxss.vm import netmodes
-from lxss.vm.backend import Vm, VmBackend
-from lxss.vm.namespace import VmStartError
+from lxss.vm.backend import Vm, VmBackend, VmStartError
 from lxss.vm.spec import VmSpec
 
 log = logging.getLogger(__name__)
@@ -39,7 +36,8 @@ DEFAULT_VM_IDLE_MS: Final = 60000
 
 
 class VmManager:
-    """The user's VM (started when needed), its running instances and its idle timer."""
+    """The user's VM of one version (started when needed), its running instances and its
+    idle timer. A user has one per backend: version 1 and version 2 VMs run side by side."""
 
     def __init__(self, ids: OwnerIds, locks: DistributionLocks, settings: Settings,
                  backend: VmBackend) -> None:  # fmt: skip
@@ -49,8 +47,6 @@ class VmManager:
         self.settings = settings
         self.backend = backend
         self.vm: Vm | None = None
-        self.vm_mapping: Mapping | None = None  # the ids the running VM was started with
-        self.trees = Trees(ids.owner.uid, ids.owner.gid)
         self.config: LxssConfig | None = None
         self.instances: dict[str, Instance] = {}
         # VM and distribution starts and stops, one at a time.
@@ -61,7 +57,10 @@ class VmManager:
         self._background: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
-        return f"<VmManager uid={self.uid} vm={self.vm!r} instances={len(self.instances)}>"
+        return (
+            f"<VmManager uid={self.uid} version={self.backend.version} vm={self.vm!r}"
+            f" instances={len(self.instances)}>"
+        )
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run *coroutine* in the background, keeping the task alive until it ends."""
@@ -76,11 +75,7 @@ class VmManager:
         """The VM's networking mode and, in Nat mode, its network and forwarded ports."""
         if self.vm is None or not self.vm.running():
             return {}
-        status: dict[str, Any] = getattr(self.vm, "network_status", dict)()
-        return {"mode": self.vm.spec.networking_mode.spelling, **status}
-
-    def backends(self) -> tuple[str, ...]:
-        return (str(self.backend.version),)
+        return {"mode": self.vm.spec.networking_mode.spelling, **self.vm.network_status()}
 
     # Configuration ----------------------------------------------------------------
 
@@ -138,17 +133,12 @@ class VmManager:
         try:
             mapping = self.ids.run_mapping(config.root_distributions_mapped)
             self.vm = await self.backend.start(spec, mapping)
-            self.vm_mapping = mapping
         except (VmStartError, OSError, TimeoutError) as e:
             raise errors.StartFailed(distribution="(utility VM)", reason=str(e)) from None
-        log.info("uid %d: utility VM started in %.0f ms", self.uid,
-                 (time.monotonic() - started) * 1000)  # fmt: skip
+        log.info("uid %d: version %d utility VM started in %.0f ms", self.uid,
+                 self.backend.version, (time.monotonic() - started) * 1000)  # fmt: skip
         self.spawn(self._watch_notify(self.vm))  # ends by itself when this VM's channel closes
         return self.vm
-
-    def mapping(self) -> Mapping:
-        """The ids the running VM's distributions are stored with."""
-        return self.vm_mapping or self.ids.mapping()
 
     async def _watch_notify(self, vm: Vm) -> None:
         """mini_init's notifications: a distribution's init exited (or the VM did)."""
@@ -171,7 +161,6 @@ class VmManager:
         vm, self.vm = self.vm, None
         for instance in list(self.instances.values()):
             self.instance_gone(instance)
-        self.trees.close()  # its user namespaces are made again at the next VM's starts
         if vm is not None:
             log.info("uid %d: utility VM stopped", self.uid)
             await vm.stop(force=force)

@@ -25,18 +25,42 @@ from lxss.linux.subids import Mapping
 from lxss.linux.userns import spawn_mapped
 from lxss.protocol import messages as m
 from lxss.vm import nat
+from lxss.vm.backend import Link, VmBackend, VmStartError
+from lxss.vm.backends import BackendContext
 from lxss.vm.console import Console
 from lxss.vm.link import GuestLink
 from lxss.vm.nsnet import VmNetwork
 from lxss.vm.spec import VmSpec
+from lxss.vm.trees import Trees
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
 
 
-class VmStartError(Exception):
-    pass
+class NamespaceRoot:
+    """A distribution's stored tree, handed to mini_init as a detached mount (and, on its
+    request, id-mapped for its default user: lxss.vm.trees)."""
+
+    def __init__(self, trees: Trees, base_path: str, mapping: Mapping) -> None:
+        self.root_path = os.path.join(base_path, "rootfs")
+        self._trees = trees
+        self._mapping = mapping
+        self._stored = trees.open_stored(self.root_path, mapping)
+        try:
+            self.fds = [trees.plain(self._stored)]
+        except BaseException:
+            os.close(self._stored)
+            raise
+
+    async def serve_start(self, link: Link, timeout: float) -> m.MiniInitCreateInstanceResult:
+        return await self._trees.start_result(link, self._stored, self._mapping, timeout)
+
+    def close(self) -> None:
+        for fd in (self._stored, *self.fds):
+            if fd >= 0:
+                os.close(fd)
+        self._stored, self.fds = -1, []
 
 
 class NamespaceVm:
@@ -47,6 +71,7 @@ class NamespaceVm:
     def __init__(
         self,
         spec: VmSpec,
+        stored_mapping: Mapping,
         process: subprocess.Popen[bytes],
         control: GuestLink,
         notify: GuestLink,
@@ -55,11 +80,14 @@ class NamespaceVm:
         console_fd: int,
     ) -> None:
         self.spec = spec
+        self.stored_mapping = stored_mapping  # the ids the distributions' trees are stored with
+        self.trees = Trees(stored_mapping.uid.owner_id, stored_mapping.gid.owner_id)
         self.process = process
         self.control = control
         self.notify = notify
         self.group = group
         self.scratch = scratch
+        self._stopped = False
         self.console = Console(console_fd, f"vm uid {spec.owner_uid}")
         self.network: VmNetwork | None = None  # Nat mode's host side
 
@@ -72,6 +100,18 @@ class NamespaceVm:
 
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def open_channel(self, name: str) -> tuple[GuestLink, int]:
+        """A socket pair: ours as a link, the guest's end as a descriptor (SCM_RIGHTS
+        carries it across: mini_init shares our kernel)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return GuestLink(ours, name), theirs.detach()
+
+    def adopt(self, fd: int, name: str) -> GuestLink:
+        return GuestLink(socket.socket(fileno=fd), name)
+
+    def open_root(self, base_path: str) -> NamespaceRoot:
+        return NamespaceRoot(self.trees, base_path, self.stored_mapping)
 
     async def wait(self, timeout: float) -> bool:
         """True once the VM's boot process has exited (and been reaped)."""
@@ -106,7 +146,12 @@ class NamespaceVm:
         return shell.returncode
 
     async def stop(self, force: bool) -> None:
-        """End the VM and everything in it; afterwards nothing of it remains on the host."""
+        """End the VM and everything in it; afterwards nothing of it remains on the host.
+        Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.trees.close()  # its user namespaces are made again at the next VM's starts
         self.control.close()  # mini_init returns when its channel closes: pid 1 ends, all end
         self.notify.close()
         if force or not await self.wait(STOP_TIMEOUT):
@@ -206,7 +251,7 @@ class NamespaceBackend:
 
     async def start(self, spec: VmSpec, mapping: Mapping) -> NamespaceVm:
         uid = spec.owner_uid
-        mapping = mapping.for_vm()  # the VM's root is the owner's face
+        stored_mapping, mapping = mapping, mapping.for_vm()  # the VM's root: the owner's face
         group = Cgroup(self.layout, f"{self.cgroup_root}/user-{uid}")
         await off_loop(group.destroy)  # a VM of this user that a crashed service left behind
         group.create(Limits(spec.memory_bytes, spec.pids_limit, spec.processors))
@@ -250,6 +295,7 @@ class NamespaceBackend:
             raise
         vm = NamespaceVm(
             spec,
+            stored_mapping,
             pending.proc,
             GuestLink(control, "mini_init"),
             GuestLink(notify, "notify"),
@@ -283,7 +329,7 @@ class NamespaceBackend:
                 networking_mode=spec.networking_mode,
             )
             result, _ = await vm.control.transaction(early, m.ResultInt32)
-        except (OSError, EOFError, ValueError) as e:
+        except (OSError, EOFError, ValueError) as e:  # ChannelClosed, ProtocolError among them
             raise VmStartError(f"the utility VM did not start: {e}") from e
         try:
             if result.value != 0:
@@ -301,3 +347,11 @@ class NamespaceBackend:
             networking_mode=spec.networking_mode, entropy=os.urandom(64)
         )
         await vm.control.send(initial)
+
+
+def backend(context: BackendContext) -> VmBackend:
+    """Version 1's backend (lxss.vm.backends): namespaces need nothing more than the
+    kernel lxssd runs on."""
+    return NamespaceBackend(
+        context.cgroup_layout, context.cgroup_root, context.runtime_dir, context.host_resolv_conf
+    )

@@ -30,7 +30,7 @@ from lxss.linux.idmap import (
 )
 from lxss.linux.subids import Mapping
 from lxss.protocol import messages as m
-from lxss.vm.link import GuestLink
+from lxss.vm.backend import Link
 
 MAX_NAMESPACES: Final = 8
 
@@ -92,7 +92,7 @@ class Trees:
         return open_idmapped_tree(stored_fd, userns)
 
     async def start_result(
-        self, link: GuestLink, stored: int, mapping: Mapping, timeout: float
+        self, link: Link, stored: int, mapping: Mapping, timeout: float
     ) -> m.MiniInitCreateInstanceResult:
         """Answer the starting distribution's MapIdentity (once) with its id-mapped tree,
         then return its CreateInstanceResult."""
