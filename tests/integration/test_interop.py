@@ -312,3 +312,30 @@ def test_mnt_wsl_is_shared_by_one_users_distributions_only(
         assert ok(service, a, "stat -f -c %T /mnt/wsl").out == "tmpfs\n"
     finally:
         run(service, a, "rm -f /mnt/wsl/lxtint-token")
+
+
+def test_host_commands_are_reachable_as_host_names(
+    service: Service, owners: tuple[User, User]
+) -> None:
+    """[interop] appendWindowsPath: the owner's commands as host-NAME, last on PATH; the
+    alias appendHostPath = false turns them off."""
+    a, _ = owners
+    found, uid, path = ok(service, a, "command -v host-id; host-id -u; echo $PATH").out.split()
+    assert found.startswith("/run/lxss/host-path/") and found.endswith("/host-id")
+    assert uid == str(a.uid)  # the host's id, run on the host
+    assert path.split(":")[-1] == os.path.dirname(found)
+    # A command of the distribution's own comes first, whatever its name.
+    mine = "mkdir -p /usr/local/bin && printf '#!/bin/sh\\necho mine\\n' > /usr/local/bin/host-id"
+    ok(service, a, f"{mine} && chmod 755 /usr/local/bin/host-id")
+    try:
+        assert ok(service, a, "host-id").out == "mine\n"
+    finally:
+        ok(service, a, "rm /usr/local/bin/host-id")
+    ok(service, a, "printf '[interop]\\nappendHostPath = false\\n' > /etc/wsl.conf", name=A2_NAME)
+    try:
+        service.ok("--terminate", A2_NAME, user=a.name)
+        result = run(service, a, "command -v host-id || echo none; echo $PATH", name=A2_NAME)
+        assert result.out.split("\n")[0] == "none" and "host-path" not in result.out, result
+    finally:
+        ok(service, a, "rm -f /etc/wsl.conf", name=A2_NAME)
+        service.ok("--terminate", A2_NAME, user=a.name)

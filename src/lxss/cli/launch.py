@@ -120,7 +120,9 @@ def _environment() -> list[str]:
             only_host = "w" in flags and "u" not in flags
             if name and name not in names and not only_host and not flags.strip("plwu"):
                 names.append(name)
-    return [f"{n}={os.environ[n]}" for n in names if n in os.environ]
+    passed = [f"{n}={os.environ[n]}" for n in names if n in os.environ]
+    # For [interop] appendWindowsPath: the relay makes host-NAME shims of it (never exported).
+    return [*passed, f"LXSS_HOST_PATH={os.environ.get('PATH', os.defpath)}"]
 
 
 def _parameters(request: Launch, ttys: list[bool], for_uid: int | None) -> dict[str, Any]:

@@ -54,7 +54,9 @@ AUTOMOUNT_LDCONFIG: Final = Key("automount.ldconfig", _BOOL, True)
 AUTOMOUNT_CGROUPS: Final = Key("automount.cgroups", _ENUM, "v2", choices=("v1", "v2"))
 FILESYSTEM_UMASK: Final = Key("filesystem.umask", _INT, 0o022)
 INTEROP_ENABLED: Final = Key("interop.enabled", _BOOL, True)
-INTEROP_APPEND_WINDOWS_PATH: Final = Key("interop.appendWindowsPath", _BOOL, True)
+INTEROP_APPEND_WINDOWS_PATH: Final = Key(
+    "interop.appendWindowsPath", _BOOL, True, aliases=("interop.appendHostPath",)
+)
 NETWORK_GENERATE_HOSTS: Final = Key("network.generateHosts", _BOOL, True)
 NETWORK_GENERATE_RESOLV_CONF: Final = Key("network.generateResolvConf", _BOOL, True)
 NETWORK_HOSTNAME: Final = Key("network.hostname", _STRING)
@@ -117,7 +119,8 @@ WSL_CONF_DOCS: Final = {
     FILESYSTEM_UMASK: "The umask of the distribution's programs (octal, as 022).",
     INTEROP_ENABLED: "Whether host programs can be run from inside the distribution "
     "(lxss-host-exec).",
-    INTEROP_APPEND_WINDOWS_PATH: "Append the host's PATH to the distribution's.",
+    INTEROP_APPEND_WINDOWS_PATH: "Make the host's commands (the owner's PATH) reachable as "
+    "host-NAME at the end of PATH (alias: appendHostPath).",
     NETWORK_GENERATE_HOSTS: "Write the distribution's /etc/hosts when it starts.",
     NETWORK_GENERATE_RESOLV_CONF: "Write the distribution's /etc/resolv.conf when it starts.",
     NETWORK_HOSTNAME: "The distribution's host name; unset: the host's.",
@@ -144,7 +147,6 @@ WSL_CONF_NOT_ACTED_ON: Final = frozenset(
         AUTOMOUNT_OPTIONS,
         AUTOMOUNT_LDCONFIG,
         AUTOMOUNT_CGROUPS,
-        INTEROP_APPEND_WINDOWS_PATH,
         FILE_SERVER_ENABLED,
         FILE_SERVER_LOG_FILE,
         FILE_SERVER_LOG_LEVEL,

@@ -157,6 +157,7 @@ class Init:
             umask=self.conf.filesystem_umask,
             lang=_lang(),
             interop=self.conf.interop_enabled and os.path.isdir(interop.INTEROP_DIR),
+            append_host_path=self.conf.interop_append_windows_path,
         )
 
     # Messages ------------------------------------------------------------------

@@ -15,6 +15,7 @@ user's, mode 0600, in a directory no one else may list or write.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import struct
@@ -24,6 +25,8 @@ INTEROP_DIR: Final = "/run/lxss/interop"  # lxss-guest.c checks it to tell "disa
 TOOLS_DIR: Final = "/run/lxss/bin"  # the native tools, bound read-only by mini_init
 HOST_MOUNT_FILE: Final = "/run/lxss/host-mount"  # for lxsspath: where the host's root is
 TOOL_NAMES: Final = ("lxss-host-exec", "lxsspath")
+HOST_PATH_DIR: Final = "/run/lxss/host-path"  # one directory of host-NAME shims per host PATH
+SHIM_PREFIX: Final = "host-"
 BACKLOG: Final = 16
 _UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -116,3 +119,63 @@ def _link_tool(name: str) -> str | None:
     except OSError as e:
         return f"cannot link {link} to {target}: {e.strerror}"
     return None
+
+
+def host_path_shims(host_path: str | None, host_mount: str | None) -> str | None:
+    """The directory of `host-NAME` shims for the host commands on *host_path* (the owner's
+    PATH), made on first use, or None when there is nothing to make.
+
+    Each shim is a link to lxss-host-exec, which runs NAME on the host when called so (as
+    WSL appends the Windows PATH: [interop] appendWindowsPath). The prefix keeps them from
+    shadowing any command of the distribution's, and the directory goes last on PATH. The
+    commands are found through the host mount; the directory is made once per PATH and
+    distribution start (a command installed on the host later needs a restart, or
+    `lxss-host-exec NAME`).
+    """
+    if not host_path or not host_mount:
+        return None
+    key = hashlib.sha256(host_path.encode(errors="surrogateescape")).hexdigest()[:16]
+    directory = f"{HOST_PATH_DIR}/{key}"
+    if os.path.isdir(directory):
+        return directory
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(HOST_PATH_DIR, 0o755)
+    building = f"{directory}.{os.getpid()}"
+    os.mkdir(building, 0o755)
+    try:
+        made: set[str] = set()
+        for entry in host_path.split(":"):
+            if entry.startswith("/"):
+                _add_shims(f"{host_mount.rstrip('/')}{entry}", building, made)
+        os.rename(building, directory)
+    except OSError:
+        _remove(building)  # another relay made it meanwhile (or this one failed): use theirs
+        if not os.path.isdir(directory):
+            return None
+    return directory
+
+
+def _add_shims(host_directory: str, building: str, made: set[str]) -> None:
+    """A shim in *building* for each program in *host_directory* not seen already (the
+    first on PATH wins, as on the host)."""
+    try:
+        entries = list(os.scandir(host_directory))
+    except OSError:
+        return  # not there, not a directory, not readable: as the host's shell would skip it
+    for entry in entries:
+        if entry.name in made:
+            continue
+        try:
+            if not entry.is_file() or not os.access(entry.path, os.X_OK):
+                continue
+        except OSError:
+            continue
+        made.add(entry.name)
+        os.symlink(f"{TOOLS_DIR}/lxss-host-exec", f"{building}/{SHIM_PREFIX}{entry.name}")
+
+
+def _remove(directory: str) -> None:
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            os.unlink(f"{directory}/{name}")
+        os.rmdir(directory)

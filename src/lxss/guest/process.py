@@ -21,8 +21,11 @@ USER_NOT_FOUND: Final = 67
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What the caller's environment may not override: identity comes from the distribution.
 RESERVED: Final = frozenset(
-    {"HOME", "USER", "LOGNAME", "SHELL", "LXSS_DISTRO_NAME", "LXSS_INTEROP"}
+    {"HOME", "USER", "LOGNAME", "SHELL", "LXSS_DISTRO_NAME", "LXSS_INTEROP", "LXSS_HOST_PATH"}
 )
+# The client's PATH travels as this variable, for [interop] appendWindowsPath; it is the
+# relay's, never the program's.
+HOST_PATH_VARIABLE: Final = "LXSS_HOST_PATH"
 
 
 class PlanError(LxssError):
@@ -59,6 +62,7 @@ class Context:
     umask: int = 0o022
     lang: str = "C.UTF-8"
     interop: bool = False  # [interop] enabled, and the tools are there
+    append_host_path: bool = False  # [interop] appendWindowsPath (appendHostPath)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class Plan:
     warnings: tuple[str, ...] = ()  # for the program's stderr, before it starts
     interop: bool = False  # the relay serves an interop socket (and sets LXSS_INTEROP)
     host_mount: str | None = None  # where the host's root is, for the interop server
+    host_path: str | None = None  # the owner's PATH, for the host-NAME shims
 
 
 def choose_user(request: Request, context: Context) -> User:
@@ -176,4 +181,12 @@ def plan(request: Request, context: Context) -> Plan:
         warnings=(warning,) if warning else (),
         interop=context.interop,
         host_mount=context.host_mount,
+        host_path=_host_path(request, context),
     )
+
+
+def _host_path(request: Request, context: Context) -> str | None:
+    if not (context.interop and context.append_host_path and context.host_mount):
+        return None
+    prefix = HOST_PATH_VARIABLE + "="
+    return next((e[len(prefix) :] for e in request.environment if e.startswith(prefix)), None)

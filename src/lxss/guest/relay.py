@@ -32,7 +32,7 @@ import warnings  # noqa: F401  # os.get_exec_path (os.execvpe) imports it lazily
 from collections.abc import Callable
 
 from lxss import readiness
-from lxss.guest.interop import InteropServer, socket_path
+from lxss.guest.interop import InteropServer, host_path_shims, socket_path
 from lxss.guest.process import Plan
 from lxss.linux import syscalls as sc
 from lxss.linux.children import ChildWatch, exit_code
@@ -131,6 +131,9 @@ class Relay:
             path = socket_path(os.getpid())
             self.interop = InteropServer(path, self.plan.user.uid, self.plan.user.gid)
             environment = {**self.plan.environment, "LXSS_INTEROP": path}
+            shims = host_path_shims(self.plan.host_path, self.plan.host_mount)
+            if shims is not None:  # last: a host command never shadows the distribution's
+                environment["PATH"] = f"{environment.get('PATH', '')}:{shims}".lstrip(":")
             self.plan = dataclasses.replace(self.plan, environment=environment)
             # lxss-host may take the channel over from the client midway (as wslhost does).
             assert self.control is not None

@@ -57,6 +57,7 @@ def _fresh(context: Context) -> Context:
         umask=context.umask,
         lang=context.lang,
         interop=context.interop,
+        append_host_path=context.append_host_path,
     )
 
 
