@@ -339,3 +339,83 @@ def test_host_commands_are_reachable_as_host_names(
     finally:
         ok(service, a, "rm -f /etc/wsl.conf", name=A2_NAME)
         service.ok("--terminate", A2_NAME, user=a.name)
+
+
+def test_automount_root_and_options(service: Service, owners: tuple[User, User]) -> None:
+    """[automount] root moves the host's files (root + "host"), and everything that finds
+    them follows; options that mean something for a bind mount apply, DrvFs's warn."""
+    a, _ = owners
+    conf = "[automount]\\nroot = /win\\noptions = ro,noexec,uid=1000\\n"
+    ok(service, a, f"printf '{conf}' > /etc/wsl.conf", name=A2_NAME)
+    try:
+        service.ok("--terminate", A2_NAME, user=a.name)
+        first = run(service, a, "pwd", name=A2_NAME, cwd="/tmp")
+        assert first.out == "/win/host/tmp\n", first  # the start directory, translated
+        assert "uid=1000 does not apply to the host mount" in first.err, first
+        script = ("test -e /mnt/host/etc || echo no-mnt-host; lxsspath -u /etc; "
+                  "cd /win/host/tmp && lxss-host-exec pwd; "
+                  "touch /win/host/tmp/lxtint-ro 2>/dev/null || echo read-only; "
+                  "/win/host/bin/true 2>/dev/null || echo noexec")  # fmt: skip
+        assert ok(service, a, script, name=A2_NAME).out.split() == [
+            "no-mnt-host", "/win/host/etc", "/tmp", "read-only", "noexec",
+        ]  # fmt: skip
+    finally:
+        ok(service, a, "rm -f /etc/wsl.conf", name=A2_NAME)
+        service.ok("--terminate", A2_NAME, user=a.name)
+
+
+# Busybox has no inotify tool: a static one, built here (as lxss_attack is).
+WATCHER = r"""
+#include <stdio.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char buffer[4096];
+    int fd = inotify_init1(0);
+    if (fd < 0 || inotify_add_watch(fd, argv[1], IN_CREATE) < 0) { perror("inotify"); return 1; }
+    printf("watching\n");
+    fflush(stdout);
+    ssize_t n = read(fd, buffer, sizeof buffer);
+    struct inotify_event *event = (struct inotify_event *)buffer;
+    if (n > 0 && event->len) printf("created %s\n", event->name);
+    return 0;
+}
+"""
+
+
+def _watcher(directory: Path) -> bytes:
+    source = directory / "watch.c"
+    source.write_text(WATCHER)
+    build = subprocess.run(["gcc", "-static", "-O1", "-o", str(directory / "watch"), str(source)],
+                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    if build.returncode != 0:
+        pytest.skip(f"gcc -static failed: {build.stderr[-300:]}")
+    return (directory / "watch").read_bytes()
+
+
+def test_inotify_sees_host_changes(
+    service: Service, owners: tuple[User, User], tmp_path: Path
+) -> None:
+    """Host files are a bind mount in version 1: a file created on the host is an inotify
+    event inside."""
+    a, _ = owners
+    ok(service, a, "cat > /tmp/watch && chmod 755 /tmp/watch", input=_watcher(tmp_path))
+    directory = Path(a.home) / f"lxtint-watch-{os.getpid()}"
+    directory.mkdir()
+    os.chown(directory, a.uid, a.gid)
+    script = f"exec /tmp/watch /mnt/host{directory}"
+    proc = spawn_lxss(service, "-d", A_NAME, "--", script, user=a.name,
+                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"watching\n"
+        (directory / "made-on-the-host").write_text("x")
+        assert proc.stdout.readline() == b"created made-on-the-host\n"
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+        service.lxss("--terminate", A_NAME, user=a.name)
+        for child in directory.iterdir():
+            child.unlink()
+        directory.rmdir()

@@ -111,8 +111,9 @@ WSL_CONF_SCHEMA: Final = Schema(
 # WSL's key names Windows, lxss reads "the host". Every key of the schema has one.
 WSL_CONF_DOCS: Final = {
     AUTOMOUNT_ENABLED: "Mount the host's file system under automount.root (as /mnt/host).",
-    AUTOMOUNT_ROOT: "Where the host's file system is mounted.",
-    AUTOMOUNT_OPTIONS: "Extra mount options for the host's file system.",
+    AUTOMOUNT_ROOT: "The host's file system appears at ROOT + `host` (`/mnt/host`).",
+    AUTOMOUNT_OPTIONS: "Mount options for the host's file system: ro, noexec, nodev, nosuid "
+    "apply; DrvFs's uid, gid, umask, fmask, dmask, metadata do not (a warning).",
     AUTOMOUNT_MOUNT_FS_TAB: "Mount the distribution's /etc/fstab (`mount -a`) when it starts.",
     AUTOMOUNT_LDCONFIG: "Put GPU libraries in ld.so's path.",
     AUTOMOUNT_CGROUPS: "The cgroup hierarchy init mounts: v1 or v2.",
@@ -143,8 +144,6 @@ WSL_CONF_DOCS: Final = {
 # Keys read (a file setting them is valid) but not acted on yet: the manual says so.
 WSL_CONF_NOT_ACTED_ON: Final = frozenset(
     {
-        AUTOMOUNT_ROOT,
-        AUTOMOUNT_OPTIONS,
         AUTOMOUNT_LDCONFIG,
         AUTOMOUNT_CGROUPS,
         FILE_SERVER_ENABLED,

@@ -31,7 +31,7 @@ from lxss import readiness
 from lxss.config.osrelease import parse_os_release
 from lxss.config.resolvconf import Resolvers, render_resolv_conf
 from lxss.config.wslconf import read_wsl_conf, read_wsl_distribution_conf
-from lxss.guest import interop, session_leader
+from lxss.guest import automount, interop, session_leader
 from lxss.guest.process import Context
 from lxss.guest.users import UserDatabase
 from lxss.linux import seccomp
@@ -133,6 +133,11 @@ class Init:
             with contextlib.suppress(OSError):
                 sc.umount2(self.host_mount, sc.MNT_DETACH)
             self.host_mount = None
+        if self.host_mount:
+            self.host_mount, warnings = automount.apply(
+                self.host_mount, self.conf.automount_root, self.conf.automount_options
+            )
+            self.warnings += warnings
         self.warnings += interop.prepare_distribution(self.conf.interop_enabled, self.host_mount)
         if self.conf.automount_mount_fs_tab:
             warning = mount_fstab()

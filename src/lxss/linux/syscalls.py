@@ -38,6 +38,12 @@ MS_SHARED: Final = 1 << 20
 MNT_DETACH: Final = 0x2
 OPEN_TREE_CLONE: Final = 1
 MOUNT_ATTR_IDMAP: Final = 0x00100000
+MOUNT_ATTR_RDONLY: Final = 0x1  # <linux/mount.h>
+MOUNT_ATTR_NOSUID: Final = 0x2
+MOUNT_ATTR_NODEV: Final = 0x4
+MOUNT_ATTR_NOEXEC: Final = 0x8
+AT_RECURSIVE: Final = 0x8000
+MS_MOVE: Final = 0x2000
 MOVE_MOUNT_F_EMPTY_PATH: Final = 0x00000004
 
 # <linux/fcntl.h>
@@ -179,6 +185,16 @@ def mount_setattr_idmap(tree_fd: int, userns_fd: int) -> None:
         ctypes.c_uint(AT_EMPTY_PATH), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
     )  # fmt: skip
     _check(result, "mount_setattr")
+
+
+def mount_setattr_recursive(path: str, attr_set: int) -> None:
+    """Set the MOUNT_ATTR_* flags *attr_set* on the mount at *path* and every mount below."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    result = _libc.syscall(
+        _NR_mount_setattr, ctypes.c_int(AT_FDCWD), ctypes.c_char_p(_bytes(path)),
+        ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+    )  # fmt: skip
+    _check(result, "mount_setattr", path)
 
 
 def openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
