@@ -59,8 +59,9 @@ def _detach(keep: tuple[int, ...]) -> None:
                 pass  # the listing's own descriptor, closed already
 
 
-def serve_connection(connection: int, announcement: bytes) -> None:
-    """Serve one interop connection in a forked process; *connection* is closed here."""
+def serve_connection(connection: int, host_mount: str | None) -> None:
+    """Serve one interop connection in a forked process; *connection* is closed here.
+    *host_mount* is where its distribution shows the host's root."""
     try:
         pid = os.fork()
     except OSError:
@@ -72,7 +73,7 @@ def serve_connection(connection: int, announcement: bytes) -> None:
             _detach((connection,))
             from lxss.host import interop
 
-            code = interop.serve(connection, announcement)
+            code = interop.serve(connection, host_mount)
         finally:
             os._exit(code)
     os.close(connection)

@@ -268,7 +268,8 @@ class _Session:
         # Each InteropConnection came with its connection (the first of the fds received).
         interop.reap()
         while self.reader.connections and self.fds:
-            interop.serve_connection(self.fds.pop(0), self.reader.connections.pop(0))
+            frame = self.reader.connections.pop(0)
+            interop.serve_connection(self.fds.pop(0), control.interop_host_mount(frame))
         self.reader.connections.clear()
         return True
 

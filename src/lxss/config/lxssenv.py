@@ -16,20 +16,29 @@ Pure: the client, the guest and lxss-host all read it the same way.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
-from typing import Final, Literal
 
-NAME: Final = "LXSSENV"
-Direction = Literal["to_distribution", "to_host"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Direction = Literal["to_distribution", "to_host"]
+
+NAME = "LXSSENV"
 
 
-@dataclass(frozen=True)
 class Entry:
-    name: str
-    path: bool = False
-    path_list: bool = False
-    to_distribution: bool = True
-    to_host: bool = True
+    """One entry of LXSSENV. A plain class: lxss-host's serving process imports this on
+    every call, and dataclasses would cost it more than the rest of its imports."""
+
+    __slots__ = ("name", "path", "path_list", "to_distribution", "to_host")
+
+    def __init__(self, name: str, path: bool = False, path_list: bool = False,
+                 to_distribution: bool = True, to_host: bool = True) -> None:  # fmt: skip
+        self.name = name
+        self.path = path
+        self.path_list = path_list
+        self.to_distribution = to_distribution
+        self.to_host = to_host
 
     def crosses(self, direction: Direction) -> bool:
         return self.to_distribution if direction == "to_distribution" else self.to_host

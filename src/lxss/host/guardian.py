@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def main(control_fd: int, client_fd: int, serve: Callable[[int, bytes], None],
+def main(control_fd: int, client_fd: int, serve: Callable[[int, str | None], None],
          reap: Callable[[], None]) -> int:  # fmt: skip
-    """*serve(fd, announcement)* takes an interop connection (ours to hand over) to a
-    process of its own; *reap()* collects those that have ended."""
+    """*serve(fd, host_mount)* takes an interop connection (ours to hand over) to a process
+    of its own; *reap()* collects those that have ended."""
     set_title("lxss-host")
     control = socket.socket(fileno=control_fd)
     if not _wait_for_client(control.fileno(), client_fd):
@@ -47,7 +47,7 @@ def main(control_fd: int, client_fd: int, serve: Callable[[int, bytes], None],
                 (m.InitInteropConnection, m.InitExitStatus), timeout=float("inf")
             )
             if isinstance(message, m.InitInteropConnection) and len(fds) == 1:
-                serve(fds[0], m.encode(message))
+                serve(fds[0], message.host_mount)
             elif isinstance(message, m.InitExitStatus):
                 channel.send(m.InitExitStatus(exit_code=message.exit_code), timeout=5.0)
             for fd in fds[1:] if isinstance(message, m.InitInteropConnection) else fds:

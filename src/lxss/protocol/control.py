@@ -52,6 +52,16 @@ class Writer:
         return self._frame(SIGNAL, signum.to_bytes(4, "little", signed=True))
 
 
+def interop_host_mount(frame: bytes) -> str | None:
+    """The host_mount of an InteropConnection *frame* (whole, as Reader collects them);
+    None when it has none, or the frame does not hold one."""
+    offset = int.from_bytes(frame[HEADER_SIZE : HEADER_SIZE + 4], "little")
+    if not HEADER_SIZE + 8 <= offset < len(frame):
+        return None
+    end = frame.find(b"\0", offset)
+    return frame[offset:end].decode(errors="surrogateescape") if end > offset else None
+
+
 class Reader:
     """Reassembles frames from the relay and yields the exit codes they carry."""
 
