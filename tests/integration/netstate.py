@@ -5,12 +5,23 @@ this one's to judge."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from lxss.linux import nft, sysctl
 from lxss.linux.netlink import Netlink
 from lxss.vm import nat
+
+
+def _uplinks() -> dict[str, Any]:
+    try:
+        with open(os.path.join(nat.UPLINKS_DIR, "uplinks.json"), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _foreign(name: str, ours: set[str]) -> bool:
@@ -36,14 +47,20 @@ def capture(runtime_dir: Path, uids: set[int]) -> frozenset[str]:
                           f"dev {kept.get(route.index, '-')} table {route.table}")  # fmt: skip
     if nft.have_nft():
         facts.update(f"nft table {family} {name}" for family, name in nft.tables()
-                     if not _foreign(name, ours) or name == nat.GUARD_TABLE)  # fmt: skip
+                     if not _foreign(name, ours) and name != nat.GUARD_TABLE)  # fmt: skip
     facts.add(f"net.ipv4.ip_forward={sysctl.read('net.ipv4.ip_forward')}")
+    # Forwarding on the host's interfaces is shared by every service's NAT VMs: each value
+    # is taken as it was before lxss (the saved one while some service holds it), and this
+    # service's own holds are facts, so a hold it leaves shows and others' do not.
+    shared = _uplinks()
+    saved: dict[str, str] = shared.get("saved", {})
     for name in kept.values():
         path = f"net.ipv4.conf.{name}.forwarding"
         if os.path.exists(sysctl.path_of(path)):
-            facts.add(f"{path}={sysctl.read(path)}")
-    if os.path.isdir(nat.UPLINKS_DIR):
-        facts.add(f"{nat.UPLINKS_DIR} exists")
+            facts.add(f"{path}={saved.get(name) or sysctl.read(path)}")
+    mine = str(runtime_dir / "net")
+    facts.update(f"uplink hold {key}" for key in shared.get("holders", {})
+                 if key.startswith(mine + "/"))  # fmt: skip
     state = runtime_dir / "net"
     if state.is_dir():
         facts.update(f"NAT record {entry}" for entry in os.listdir(state))

@@ -26,6 +26,8 @@ from conftest import LXSS, Service, running_service
 from dns_support import TEST_ADDRESS, TEST_NAME
 from run_support import machine_config, wait_until
 
+from lxss.vm import nat
+
 BB = "netbb"
 STATUS_LINE = re.compile(
     r"Networking mode: Nat \((?P<network>[\d.]+/24): host (?P<gateway>[\d.]+), VM (?P<vm>[\d.]+)\)"
@@ -235,8 +237,11 @@ def netstate_now(service: Service) -> frozenset[str]:
     return netstate.capture(service.runtime_dir, {0})
 
 
-UPSTREAM = "lxtnetup"  # a namespace of the test's own, standing for the world beyond the host
-UPSTREAM_HOST, UPSTREAM_FAR = "10.213.77.1", "10.213.77.2"
+# A namespace of the test run's own, standing for the world beyond the host (named and
+# addressed by the run's pid: other checkouts' runs may make theirs at the same time).
+_RUN = os.getpid() % 10000
+UPSTREAM = UPLINK = f"lxtup{_RUN}"
+UPSTREAM_HOST, UPSTREAM_FAR = f"10.213.{_RUN % 250}.1", f"10.213.{_RUN % 250}.2"
 PEER_SERVER = (
     "import socket\n"
     "s = socket.create_server(('0.0.0.0', 8080)); s.settimeout(120)\n"
@@ -251,23 +256,23 @@ def upstream() -> Iterator[str]:
     subprocess.run(["ip", "netns", "add", UPSTREAM], check=True)
     try:
         for argv in (
-            ["ip", "link", "add", "lxtup0", "type", "veth", "peer", "eth0", "netns", UPSTREAM],
-            ["ip", "addr", "add", f"{UPSTREAM_HOST}/24", "dev", "lxtup0"],
-            ["ip", "link", "set", "lxtup0", "up"],
+            ["ip", "link", "add", UPLINK, "type", "veth", "peer", "eth0", "netns", UPSTREAM],
+            ["ip", "addr", "add", f"{UPSTREAM_HOST}/24", "dev", UPLINK],
+            ["ip", "link", "set", UPLINK, "up"],
             ["ip", "-n", UPSTREAM, "addr", "add", f"{UPSTREAM_FAR}/24", "dev", "eth0"],
             ["ip", "-n", UPSTREAM, "link", "set", "eth0", "up"],
         ):  # fmt: skip
             subprocess.run(argv, check=True)
         yield UPSTREAM_FAR
     finally:
-        subprocess.run(["ip", "link", "del", "lxtup0"], check=False)
+        subprocess.run(["ip", "link", "del", UPLINK], check=False)
         subprocess.run(["ip", "netns", "del", UPSTREAM], check=False)
 
 
 def test_nat_masquerades_beyond_the_host_and_restores_forwarding(
     service: Service, upstream: str
 ) -> None:
-    forwarding = Path("/proc/sys/net/ipv4/conf/lxtup0/forwarding")
+    forwarding = Path(f"/proc/sys/net/ipv4/conf/{UPLINK}/forwarding")
     before = forwarding.read_text()
     ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     server = subprocess.Popen(
@@ -320,7 +325,8 @@ def test_without_nft_iptables_nft_masquerades(dns: tuple[str, Path], tmp_path: P
             tables = subprocess.run(
                 ["nft", "list", "tables"], capture_output=True, text=True, check=True
             ).stdout
-            assert "lxss" not in tables, tables  # no nft: no table of lxss's own
+            own = f"lxss-{nat.tag_for(str(fresh.runtime_dir / 'net'), 0)}"
+            assert own not in tables, tables  # no nft: no table of lxss's own
             fresh.ok("--shutdown")
             assert "lxss" not in _iptables("nat", "POSTROUTING")
             assert "lxss" not in _iptables("filter", "FORWARD")

@@ -9,6 +9,7 @@ another user's VM) is passed over for the next one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import ipaddress
 from collections.abc import Iterable
@@ -19,8 +20,11 @@ POOL: Final = ipaddress.IPv4Network("172.16.0.0/12")
 PREFIX: Final = 24
 
 
-class NoFreeSubnet(Exception):
-    pass
+class NoFreeSubnet(OSError):
+    """Every candidate overlaps a network of the host's (the VM's start fails with this)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(errno.EADDRNOTAVAIL, text)
 
 
 @dataclass(frozen=True)
