@@ -47,6 +47,8 @@ def main(argv: list[str]) -> int:
             os._exit(code)
     channel.close()
     _, status = os.waitpid(pid, 0)
+    # The multiplexer dies with us (as with the VM's pid 1): it ends when the host does.
+    os.waitpid(port.pid, 0)
     return os.waitstatus_to_exitcode(status)
 
 

@@ -230,7 +230,7 @@ def test_a_stalled_reader_stalls_no_other_process() -> None:
             flowing.stdin = -1
             assert exit_status(flowing) == 0
             assert out.result().digest.digest() == hashlib.sha256(data).digest()
-        waiting = [e.pending_bytes for e in guest.link.pump.endpoints.values()]
+        waiting = [e.waiting() for e in guest.link.pump.endpoints.values()]
         assert max(waiting) <= mux.WINDOW  # at most a window of it waits on the host
         late = Collector(stalled.stdout)
         assert exit_status(stalled) == 0

@@ -299,3 +299,48 @@ def test_sending_what_was_not_opened_for_attachment_is_refused() -> None:
     carrier, service_channel = host.open(Kind.SOCKET, 1), host.open(Kind.SOCKET, 2)
     with pytest.raises(ValueError, match="not opened for attachment"):
         host.send(carrier, b"x", [service_channel])
+
+
+def test_a_deferred_payload_is_written_by_its_owner_in_order() -> None:
+    host, guest = pair()
+    channel = host.open(Kind.READER)
+    host.send(channel, b"copied ")
+    deferred = host.send_deferred(channel, 8, source=99)
+    host.send_eof(channel)
+    written = b""
+    while host.outbox:  # as the pump does: buffers by writev, deferred ones by splice
+        first = host.outbox[0]
+        piece = (
+            b"spliced!"[8 - first.remaining :][:3]
+            if isinstance(first, mux.Deferred)
+            else bytes(first)
+        )
+        written += piece
+        host.wrote(len(piece))
+    assert deferred.remaining == 0 and host.outbox_bytes == 0
+    events = guest.receive(written)
+    assert data_of(events, channel) == b"copied spliced!" and events[-1] == Eof(channel)
+
+
+def test_an_owner_may_move_data_itself_frame_by_frame() -> None:
+    host, guest = pair()
+    channel = host.open(Kind.SOCKET, 1)
+    host.send(channel, b"0123456789")
+    host.send_eof(channel)
+    stream = host.take_output()
+    moved = b""
+    position = 0
+    events: list[mux.Event] = []
+    while position < len(stream):
+        if guest.data_pending() == channel:
+            count = min(3, guest.bytes_wanted())  # as a splice of part of it
+            moved += stream[position : position + count]
+            guest.skip(count)
+        else:
+            count = guest.bytes_wanted()
+            events += guest.receive(stream[position : position + count])
+        position += count
+    assert moved == b"0123456789" and data_of(events, channel) == b""
+    assert events[-1] == Eof(channel)
+    guest.consumed(channel, 10)  # handed on: the window accounting still holds
+    assert guest.channels[channel].receive_outstanding == 0

@@ -11,6 +11,7 @@ from . import (  # noqa: F401
     interop,
     latency,
     memory,
+    muxpipe,
     network,
     pty,
     throughput,
@@ -44,6 +45,7 @@ ORDER = (
     "v2-run",
     "v2-vm-boot",
     "v2-vm-memory",
+    "v2-pipe",
 )
 assert set(ORDER) == set(SPECS), set(ORDER) ^ set(SPECS)
 

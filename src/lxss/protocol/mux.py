@@ -52,7 +52,7 @@ _OPEN: Final = struct.Struct("<BI")
 _U32: Final = struct.Struct("<I")
 _U16: Final = struct.Struct("<H")
 
-MAX_PAYLOAD: Final = 64 * 1024  # data bytes in one DATA frame
+MAX_PAYLOAD: Final = 256 * 1024  # data bytes in one DATA frame
 WINDOW: Final = 1024 * 1024  # credit per channel and direction
 GRANT_THRESHOLD: Final = WINDOW // 4  # credit is returned in batches of at least this
 MAX_PEER_CHANNELS: Final = 256  # channels the peer may have open at once
@@ -181,6 +181,18 @@ class _Partial:
     attached: tuple[int, ...] = field(default=())
 
 
+@dataclass(eq=False)
+class Deferred:
+    """Payload in the outbox that its owner writes itself (by splice from *source*, a
+    descriptor of the owner's): the *remaining* bytes of it still to be written."""
+
+    remaining: int
+    source: int
+
+    def __len__(self) -> int:
+        return self.remaining
+
+
 def frame(frame_type: FrameType, channel: int, payload: bytes = b"", flags: int = 0) -> bytes:
     return HEADER.pack(frame_type, flags, 0, channel, len(payload)) + payload
 
@@ -197,7 +209,7 @@ class Mux:
     def __init__(self, role: Role) -> None:
         self.role = role
         self.channels: dict[int, ChannelState] = {}
-        self.outbox: list[bytes | memoryview] = []
+        self.outbox: list[bytes | memoryview | Deferred] = []
         self.outbox_bytes = 0
         self.failed: MuxError | None = None
         self._next_id = 1 if role == Role.HOST else 2
@@ -219,14 +231,15 @@ class Mux:
 
     # Sending ---------------------------------------------------------------------
 
-    def _queue(self, *buffers: bytes | memoryview) -> None:
+    def _queue(self, *buffers: bytes | memoryview | Deferred) -> None:
         for buffer in buffers:
             self.outbox.append(buffer)
             self.outbox_bytes += len(buffer)
 
     def take_output(self) -> bytes:
         """Everything queued, joined, and the outbox emptied."""
-        data = b"".join(self.outbox)
+        data = b"".join(b for b in self.outbox if not isinstance(b, Deferred))
+        assert len(data) == self.outbox_bytes, "deferred payload: the owner writes it"
         self.outbox.clear()
         self.outbox_bytes = 0
         return data
@@ -239,6 +252,11 @@ class Mux:
             if count >= len(first):
                 count -= len(first)
                 self.outbox.pop(0)
+                if isinstance(first, Deferred):
+                    first.remaining = 0
+            elif isinstance(first, Deferred):
+                first.remaining -= count
+                count = 0
             else:
                 self.outbox[0] = memoryview(first)[count:]
                 count = 0
@@ -288,6 +306,18 @@ class Mux:
         state.send_credit -= len(data)
         self._queue(HEADER.pack(FrameType.DATA, flags, 0, channel, len(table) + len(data)))
         self._queue(table + bytes(data) if table else data)
+
+    def send_deferred(self, channel: int, size: int, source: int) -> Deferred:
+        """Queue a DATA frame of *size* bytes (at most `credit`) whose payload the owner
+        writes itself, from *source*, when it reaches the outbox's front."""
+        self._check_usable()
+        state = self._ours_to_send(channel)
+        if not 0 < size <= min(state.send_credit, MAX_PAYLOAD):
+            raise ValueError(f"channel {channel}: {size} bytes, credit {state.send_credit}")
+        state.send_credit -= size
+        deferred = Deferred(size, source)
+        self._queue(HEADER.pack(FrameType.DATA, 0, 0, channel, size), deferred)
+        return deferred
 
     def send_eof(self, channel: int) -> None:
         """End this end's direction of *channel* (nothing if it has none or it ended)."""
@@ -356,6 +386,33 @@ class Mux:
             self.failed = error
             raise
         return events
+
+    def bytes_wanted(self) -> int:
+        """How many bytes complete what is being received now (a header, a small payload,
+        an attachment table or a DATA frame's data): an owner that reads no more than
+        this sees each DATA frame's data start at the beginning of a read."""
+        if self._partial is not None:
+            return self._partial.remaining
+        if self._current is None:
+            return HEADER_SIZE - len(self._assembly)
+        return self._current[2] - len(self._assembly)
+
+    def data_pending(self) -> int | None:
+        """The channel whose data comes next in the stream, while a DATA frame without
+        attachments is being received (the owner may then move its bytes itself and
+        account for them with `skip`); None otherwise."""
+        partial = self._partial
+        if partial is None or partial.attached or partial.channel.sent_close:
+            return None
+        return partial.channel.id
+
+    def skip(self, count: int) -> None:
+        """The owner moved *count* bytes of the pending data (see `data_pending`) itself."""
+        partial = self._partial
+        assert partial is not None and 0 < count <= partial.remaining
+        partial.remaining -= count
+        if partial.remaining == 0:
+            self._partial = None
 
     def _collect(self, view: memoryview, size: int) -> tuple[bytes | None, memoryview]:
         """Gather *size* bytes in the assembly buffer: (them, rest) once complete."""

@@ -57,6 +57,19 @@ _SEND_FLAGS: Final = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _GONE: Final = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EIO, errno.ENXIO)
 
 
+def _relay_pipe() -> tuple[int, int] | None:
+    """A pipe holding a channel's whole window, for splicing through; None if the
+    pipe cannot be made that big (then bytes are copied through the loop)."""
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, mux.WINDOW) >= mux.WINDOW:
+            return read_end, write_end
+    except OSError:
+        pass
+    close_fds((read_end, write_end))
+    return None
+
+
 class _StreamEnded(Exception):
     """The peer went (end of file, a broken pipe): the loop's normal end."""
 
@@ -117,15 +130,32 @@ class Endpoint:
     read_done: bool = False  # end of file read, or nothing to read at this end
     peer_eof: bool = False
     detached: bool = False  # the channel is gone (its id may be reused): only draining
+    # Host side, a pipe's end: bytes move by splice through this pipe of our own (read
+    # end, write end), towards the stream (*deferred*: the frame they are queued as) or
+    # towards the local end (*relay_bytes* of them wait in it).
+    relay: tuple[int, int] | None = None
+    deferred: mux.Deferred | None = None
+    relay_bytes: int = 0
 
     def fds(self) -> set[int]:
         return {fd for fd in (self.rfd, self.wfd) if fd is not None}
+
+    def waiting(self) -> int:
+        """Bytes received for the local end and not yet written to it."""
+        return self.pending_bytes + self.relay_bytes
+
+    def sending(self) -> bool:
+        """Whether bytes read from the local end still wait in the relay pipe."""
+        return self.deferred is not None and self.deferred.remaining > 0
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
         else:
             close_fds(self.fds())
+        if self.relay is not None:
+            close_fds(self.relay)
+            self.relay = None
         self.rfd = self.wfd = None
         for _, fds in self.pending:
             close_fds(fds)
@@ -146,6 +176,8 @@ class Pump:
         (a virtio-serial port reads so until the host opens its end), not that it left."""
         os.set_blocking(stream, False)
         self.wait_for_peer = wait_for_peer
+        # Splice where it saves copies: the host's pipes to and from its socket to QEMU.
+        self.splicing = role == mux.Role.HOST and stat.S_ISSOCK(os.fstat(stream).st_mode)
         self.stream = stream
         self.name = name
         self.mux = mux.Mux(role)
@@ -259,14 +291,15 @@ class Pump:
                 endpoint.rfd is not None
                 and not endpoint.read_done
                 and room
+                and not endpoint.sending()
                 and self.mux.credit(endpoint.channel) > 0
             )
             if reading:
                 assert endpoint.rfd is not None
                 wanted[endpoint.rfd] = wanted.get(endpoint.rfd, 0) | select.POLLIN
-            if endpoint.wfd is not None and not (endpoint.peer_eof and not endpoint.pending):
+            if endpoint.wfd is not None and not (endpoint.peer_eof and not endpoint.waiting()):
                 watch_errors = endpoint.wfd != endpoint.rfd or endpoint.read_done
-                if endpoint.pending:
+                if endpoint.waiting():
                     wanted[endpoint.wfd] = wanted.get(endpoint.wfd, 0) | select.POLLOUT
                 elif watch_errors:  # POLLERR/POLLHUP come unasked
                     wanted.setdefault(endpoint.wfd, 0)
@@ -290,17 +323,28 @@ class Pump:
         self.endpoints[channel] = Endpoint(channel, rfd, wfd, sock, unix, read_done=rfd is None)
 
     def _add_pipe(self, channel: int, rfd: int | None, wfd: int | None) -> None:
+        relay = None
         for fd in (rfd, wfd):
             if fd is not None:
                 os.set_blocking(fd, False)
-        self.endpoints[channel] = Endpoint(channel, rfd, wfd, None, False, read_done=rfd is None)
+                if self.splicing and stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    relay = _relay_pipe()
+        self.endpoints[channel] = Endpoint(channel, rfd, wfd, None, False, read_done=rfd is None,
+                                           relay=relay)  # fmt: skip
 
     # The stream ----------------------------------------------------------------------
 
     def _read_stream(self) -> None:
         """Read what the stream has and act on it; _StreamEnded once it has ended."""
+        buffer = memoryview(self._buffer)
+        if self.splicing:
+            # Frame by frame, so that a DATA frame's data starts a read: then it can be
+            # spliced into its channel's relay pipe, never copied through here.
+            if self._splice_in():
+                return
+            buffer = buffer[: min(self.mux.bytes_wanted(), READ_SIZE)]
         try:
-            count = os.readv(self.stream, [self._buffer])
+            count = os.readv(self.stream, [buffer])
         except BlockingIOError:
             return
         except OSError as e:
@@ -313,13 +357,49 @@ class Pump:
                 return
             raise _StreamEnded("the peer closed the stream")
         self.bytes_in += count
-        for event in self.mux.receive(memoryview(self._buffer)[:count]):
+        for event in self.mux.receive(buffer[:count]):
             self._on_event(event)
+
+    def _splice_in(self) -> bool:
+        """Splice the data of the DATA frame being received into its channel's relay
+        pipe, if it has one and nothing waits before it; whether anything was done."""
+        channel = self.mux.data_pending()
+        endpoint = self.endpoints.get(channel) if channel is not None else None
+        if endpoint is None or endpoint.relay is None or endpoint.wfd is None or endpoint.pending:
+            return False
+        try:
+            count = os.splice(self.stream, endpoint.relay[1], self.mux.bytes_wanted(),
+                              flags=os.SPLICE_F_NONBLOCK)  # fmt: skip
+        except BlockingIOError:
+            return False  # the relay pipe is full (pages half used): copy the rest
+        except OSError as e:
+            if e.errno not in _GONE:
+                raise
+            count = 0
+        if count == 0:
+            raise _StreamEnded("the peer closed the stream")
+        self.bytes_in += count
+        self.mux.skip(count)
+        endpoint.relay_bytes += count
+        self._flush_local(endpoint)
+        return True
 
     def _flush_stream(self) -> None:
         while self.mux.outbox:
+            first = self.mux.outbox[0]
             try:
-                written = os.writev(self.stream, self.mux.outbox[:IOV_MAX])
+                if isinstance(first, mux.Deferred):
+                    written = os.splice(first.source, self.stream, first.remaining,
+                                        flags=os.SPLICE_F_NONBLOCK)  # fmt: skip
+                    if not written:
+                        raise OSError(errno.EIO, "a relay pipe ran dry")  # a bug: say so
+                else:
+                    buffers = []
+                    for buffer in self.mux.outbox[:IOV_MAX]:
+                        if isinstance(buffer, mux.Deferred):
+                            break
+                        buffers.append(buffer)
+                    written = os.writev(self.stream, buffers)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -350,7 +430,7 @@ class Pump:
             if endpoint is not None:
                 endpoint.detached = True
                 endpoint.read_done = endpoint.peer_eof = True
-                if endpoint.pending and endpoint.wfd is not None:
+                if endpoint.waiting() and endpoint.wfd is not None:
                     self._draining.add(endpoint)
                 else:
                     endpoint.close()
@@ -388,7 +468,7 @@ class Pump:
 
     def _local_ready(self, fd: int, events: int) -> None:
         for endpoint in self._by_fd.get(fd, ()):
-            if fd == endpoint.wfd and endpoint.pending and events & select.POLLOUT:
+            if fd == endpoint.wfd and endpoint.waiting() and events & select.POLLOUT:
                 self._flush_local(endpoint)
             if fd not in endpoint.fds():
                 continue
@@ -404,7 +484,14 @@ class Pump:
             return
         fds: list[int] = []
         try:
-            if endpoint.unix:
+            if endpoint.relay is not None:
+                moved = os.splice(endpoint.rfd, endpoint.relay[1], size, flags=os.SPLICE_F_NONBLOCK)
+                if moved:
+                    endpoint.deferred = self.mux.send_deferred(endpoint.channel, moved,
+                                                               endpoint.relay[0])  # fmt: skip
+                    return
+                data = b""
+            elif endpoint.unix:
                 assert endpoint.sock is not None
                 data, ancillary, flags, _ = endpoint.sock.recvmsg(
                     size, _ANCILLARY, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
@@ -453,7 +540,7 @@ class Pump:
         if endpoint.wfd is None:
             close_fds(fds)
             return
-        if not endpoint.pending:
+        if not endpoint.waiting():
             data = self._write_some(endpoint, data, fds)
             if not data or endpoint.wfd is None:
                 return
@@ -494,6 +581,23 @@ class Pump:
         return data
 
     def _flush_local(self, endpoint: Endpoint) -> None:
+        if endpoint.relay_bytes:
+            assert endpoint.relay is not None and endpoint.wfd is not None
+            try:
+                written = os.splice(endpoint.relay[0], endpoint.wfd, endpoint.relay_bytes,
+                                    flags=os.SPLICE_F_NONBLOCK)  # fmt: skip
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno not in _GONE:
+                    raise
+                self._drop(endpoint)
+                return
+            endpoint.relay_bytes -= written
+            if not endpoint.detached:
+                self.mux.consumed(endpoint.channel, written)
+            if endpoint.relay_bytes:
+                return
         while endpoint.pending:
             data, fds = endpoint.pending[0]
             rest = self._write_some(endpoint, data, fds)
@@ -509,7 +613,7 @@ class Pump:
     def _finish_writing(self, endpoint: Endpoint) -> None:
         """After the peer's end of file, once everything before it is written: pass the
         end of file on (shutdown a socket, close a pipe)."""
-        if not endpoint.peer_eof or endpoint.pending or endpoint.wfd is None:
+        if not endpoint.peer_eof or endpoint.waiting() or endpoint.wfd is None:
             self._close_if_done(endpoint)
             return
         if endpoint.sock is not None:
@@ -538,12 +642,26 @@ class Pump:
 
     def _drop(self, endpoint: Endpoint) -> None:
         """Close the channel's local end and the channel (the peer closes its end)."""
+        if endpoint.sending():
+            self._materialize(endpoint)
         endpoint.close()
         if endpoint.detached:
             self._draining.discard(endpoint)
         else:
             self.endpoints.pop(endpoint.channel, None)
             self.mux.close(endpoint.channel)
+
+    def _materialize(self, endpoint: Endpoint) -> None:
+        """Its relay pipe is about to close: the bytes of its queued frame, announced
+        already, are read out of it into the outbox."""
+        deferred = endpoint.deferred
+        assert deferred is not None and endpoint.relay is not None
+        data = b""
+        while len(data) < deferred.remaining:
+            data += os.read(endpoint.relay[0], deferred.remaining - len(data))
+        index = next(i for i, b in enumerate(self.mux.outbox) if b is deferred)
+        self.mux.outbox[index] = data
+        endpoint.deferred = None
 
     def _shut_down(self) -> None:
         with self._lock:
