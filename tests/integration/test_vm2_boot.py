@@ -12,10 +12,12 @@ starts QEMU."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,8 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from lxss.protocol import messages as m
 from lxss.vm import qemu
 from lxss.vm.document import VmDocument, qemu_command_line
+from lxss.vm.link import GuestLink
 
 pytestmark = pytest.mark.vm2
 
@@ -193,3 +197,46 @@ def test_a_qemu_does_not_outlive_the_service_that_started_it(
     while not _gone(pid):
         assert time.monotonic() < deadline, f"QEMU {pid} outlived its service"
         time.sleep(0.05)
+
+
+def test_descriptors_cross_the_vm_as_channels_of_the_multiplexer(
+    files: qemu.BootFiles, place: tuple[Path, int, int]
+) -> None:
+    """A socket the service attaches to LaunchInit reaches mini_init in the guest through
+    the stream multiplexer (as a socket of the guest's own), and the distribution's boot
+    process speaks on it: its MapIdentity arrives here, our refusal reaches it, and its
+    CreateInstanceResult comes back, all on that one descriptor."""
+
+    async def scenario() -> None:
+        vm = await _boot(files, place)
+        try:
+            assert vm.control is not None
+            ours, theirs = socket.socketpair()
+            tree_r, tree_w = os.pipe()  # no tree: the start must fail, and say so on `ours`
+            launch = m.MiniInitLaunchInit(distribution_name="mux", guid="mux-test",
+                                          root_path="/", hostname="mux", flags=0,
+                                          default_uid=0)  # fmt: skip
+            await vm.control.send(launch, [theirs.fileno(), tree_r])
+            for fd in (theirs.fileno(), tree_r, tree_w):
+                os.close(fd)
+            theirs.detach()
+            link = GuestLink(ours, "init:mux")
+            try:
+                expected = (m.MiniInitMapIdentity, m.MiniInitCreateInstanceResult)
+                header, message, fds = await link.receive_with_header(expected, timeout=60.0)
+                assert fds == []
+                if isinstance(message, m.MiniInitMapIdentity):
+                    refusal = m.MiniInitMapIdentityResponse(result=errno.EIO, mapped=False,
+                                                            reason="no tree here")  # fmt: skip
+                    await link.reply(header, refusal)
+                    message, _ = await link.receive((expected[1],), timeout=60.0)
+                assert isinstance(message, m.MiniInitCreateInstanceResult)
+                assert message.result != 0
+            finally:
+                link.close()
+        finally:
+            await vm.stop(force=False)
+        assert vm.process.returncode == 0  # mini_init served on, then powered off cleanly
+        assert _gone(vm.process.pid)
+
+    asyncio.run(scenario())
