@@ -106,7 +106,7 @@ if [ "$mode" = deb ]; then
     trap 'rm -rf "$build"' EXIT
     mkdir "$build/lxss"
     tar -C "$here" --exclude=./.venv --exclude=./.git --exclude=./dist --exclude='__pycache__' \
-        --exclude='.*_cache' -cf - . | tar -C "$build/lxss" -xf -
+        --exclude='.*_cache' --exclude=./src/lxss/guest/native/bin -cf - . | tar -C "$build/lxss" -xf -
     (cd "$build/lxss" && dpkg-buildpackage -b -us -uc -Zxz >"$build/build.log" 2>&1) ||
         { tail -n 30 "$build/build.log" >&2; die "dpkg-buildpackage failed"; }
     mkdir -p "$here/dist"
