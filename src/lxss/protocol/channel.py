@@ -42,6 +42,23 @@ _POLL_MAX_MS: Final = 2**31 - 1  # poll() takes an int; longer waits go round ag
 _ID_AND_STEP: Final = struct.Struct("<II")  # header words 3 and 4, at offset 8
 
 
+class PreparedFrame:
+    """One frame ready to write: its bytes, numbered, and the SCM_RIGHTS data for its first
+    byte. Made by :meth:`ChannelState.prepare`, which both ends of a channel use."""
+
+    __slots__ = ("ancillary", "data", "step", "transaction_id", "what")
+
+    def __init__(
+        self, data: bytearray, fds: Sequence[int], ids: tuple[int, int], what: str
+    ) -> None:
+        self.data = data
+        self.ancillary = (
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        )
+        self.transaction_id, self.step = ids
+        self.what = what
+
+
 class ChannelState:
     """WSL's sequencing rules for one channel, without I/O (sans-IO).
 
@@ -58,6 +75,34 @@ class ChannelState:
         self._received = 0
         self._seed = 0
         self._check_sequence = True
+        self.torn: str | None = None  # why no frame may be sent any more (see `tear`)
+
+    def prepare(
+        self,
+        name: str,
+        message: Message,
+        fds: Sequence[int],
+        stamp: Callable[[], tuple[int, int]],
+    ) -> PreparedFrame:
+        """Encode and check *message*, only then take its (id, step) words from *stamp*.
+
+        ``ValueError`` (and no number spent) for a message the framing cannot carry or a
+        descriptor count that is not the message's; ChannelClosed once a send was torn.
+        """
+        what = type(message).__name__
+        if self.torn is not None:
+            raise ChannelClosed(f"channel {name}: cannot send {what}: {self.torn}")
+        if len(fds) != message.fd_count():
+            raise ValueError(f"{what} carries {message.fd_count()} descriptors, {len(fds)} given")
+        data = bytearray(encode(message))
+        ids = stamp()
+        _ID_AND_STEP.pack_into(data, 8, *ids)
+        return PreparedFrame(data, fds, ids, what)
+
+    def tear(self, frame: PreparedFrame, error: BaseException) -> None:
+        """A write of *frame* failed or was cancelled: a number was spent, or half a frame
+        sent, so later messages could not be read right; nothing more is sent."""
+        self.torn = f"sending {frame.what} failed ({type(error).__name__})"
 
     def ignore_sequence_numbers(self) -> None:
         """Stop checking incoming sequence numbers, for a channel that changed hands midway."""
@@ -219,7 +264,6 @@ class Channel:
         self.state = ChannelState()
         self._assembler = FrameAssembler(TYPE_NAMES)
         self._frames: deque[Frame] = deque()
-        self._torn: str | None = None  # why sending may no longer be attempted
         self._closed = False
 
     def __repr__(self) -> str:
@@ -289,29 +333,22 @@ class Channel:
     ) -> tuple[int, int]:
         """Encode and check ``message``, only then take its (id, step) words, and write it."""
         self._check_open()
-        what = type(message).__name__
-        if self._torn is not None:
-            raise ChannelClosed(f"channel {self.name}: cannot send {what}: {self._torn}")
-        if len(fds) != message.fd_count():
-            raise ValueError(f"{what} carries {message.fd_count()} descriptors, {len(fds)} given")
-        data = bytearray(encode(message))
-        transaction_id, step = stamp()
-        _ID_AND_STEP.pack_into(data, 8, transaction_id, step)
+        frame = self.state.prepare(self.name, message, fds, stamp)
         try:
-            self._write(data, fds, deadline, what)
+            self._write(frame, deadline)
         except BaseException as error:
-            # A number was spent, or half a frame sent: later messages could not be read right.
-            self._torn = f"sending {what} failed ({type(error).__name__})"
+            self.state.tear(frame, error)
             raise
         if self.log is not None:
-            self.log(f"{self.name}: sent {message!r} id={transaction_id} step={step} fds={fds}")
-        return transaction_id, step
+            self.log(f"{self.name}: sent {message!r} id={frame.transaction_id} step={frame.step}"
+                     f" fds={fds}")  # fmt: skip
+        return frame.transaction_id, frame.step
 
-    def _write(self, data: bytearray, fds: Sequence[int], deadline: _Deadline, what: str) -> None:
+    def _write(self, frame: PreparedFrame, deadline: _Deadline) -> None:
         """Write one frame: one sendmsg, descriptors with its first byte, then the rest."""
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        ancillary, what = frame.ancillary, frame.what
         flags = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
-        view = memoryview(data)
+        view = memoryview(frame.data)
         sent = 0
         while sent < len(view):
             try:

@@ -1,7 +1,9 @@
 """The service's end of a guest channel, on asyncio.
 
 The same codec, framing and sequencing rules (ChannelState) as the guest's
-blocking Channel; only the waiting differs. One transaction at a time per
+blocking Channel, and the same frame preparation (`ChannelState.prepare`: encode,
+check the descriptor count, only then number; a send that fails or is cancelled
+midway tears the link); only the waiting differs. One transaction at a time per
 channel (as WSL's SocketChannel requires): `transaction` holds a lock.
 Everything the guest sends is untrusted: malformed input raises
 ProtocolError and the caller drops the channel.
@@ -13,13 +15,12 @@ import asyncio
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from lxss.aio import FdWatch
-from lxss.linux.fdpass import fds_to_bytes
-from lxss.protocol.channel import ChannelClosed, ChannelState, accept_frame
-from lxss.protocol.codec import TYPE_NAMES, Message, encode
+from lxss.protocol.channel import ChannelClosed, ChannelState, PreparedFrame, accept_frame
+from lxss.protocol.codec import TYPE_NAMES, Message
 from lxss.protocol.framing import (
     RECV_ANCILLARY_SPACE,
     Frame,
@@ -88,33 +89,55 @@ class GuestLink:
 
     # Sending ---------------------------------------------------------------------
 
-    async def _send(self, data: bytes, fds: Sequence[int]) -> None:
+    async def _send(
+        self,
+        message: Message,
+        fds: Sequence[int],
+        stamp: Callable[[], tuple[int, int]],
+        deadline: float,
+    ) -> PreparedFrame:
         if self.closed:
             raise ChannelClosed(f"channel {self.name} is closed")
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds_to_bytes(list(fds)))] if fds else []
-        view = memoryview(data)
+        frame = self.state.prepare(self.name, message, fds, stamp)  # ValueError: nothing spent
+        try:
+            await self._write(frame, deadline)
+        except BaseException as error:  # cancelled midway too: the peer saw half a frame
+            self.state.tear(frame, error)
+            raise
+        return frame
+
+    async def _write(self, frame: PreparedFrame, deadline: float) -> None:
+        ancillary = frame.ancillary
+        view = memoryview(frame.data)
         try:
             while view:
                 try:
                     sent = self.sock.sendmsg([view], ancillary)
                 except BlockingIOError:
-                    await self._watch.wait(writing=True, timeout=self.timeout)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(
+                            f"channel {self.name}: no room to send {frame.what} in time"
+                        ) from None
+                    await self._watch.wait(writing=True, timeout=remaining)
                     continue
                 ancillary = []  # the fds went with the first byte
                 view = view[sent:]
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ChannelClosed(f"channel {self.name}: peer closed it ({e.strerror})") from None
 
+    def _deadline(self, timeout: float | None) -> float:
+        return time.monotonic() + (self.timeout if timeout is None else timeout)
+
     async def send(self, message: Message, fds: Sequence[int] = ()) -> None:
-        transaction_id, step = self.state.stamp_message()
-        await self._send(encode(message, transaction_id, step), fds)
+        await self._send(message, fds, self.state.stamp_message, self._deadline(None))
 
     async def reply(
         self, request: MessageHeader, message: Message, fds: Sequence[int] = ()
     ) -> None:
         """Answer a transaction the guest began (see `receive_with_header`)."""
-        transaction_id, step = ChannelState.stamp_reply(request)
-        await self._send(encode(message, transaction_id, step), fds)
+        ids = ChannelState.stamp_reply(request)
+        await self._send(message, fds, lambda: ids, self._deadline(None))
 
     async def transaction(
         self,
@@ -123,12 +146,13 @@ class GuestLink:
         fds: Sequence[int] = (),
         timeout: float | None = None,
     ) -> tuple[M, list[int]]:
-        """Send *request* and return its reply (and the fds that came with it: the caller's)."""
+        """Send *request* and return its reply (and the fds that came with it: the caller's),
+        the whole exchange bounded by one deadline."""
         async with self._lock:
-            transaction_id, step = self.state.begin_transaction()
-            await self._send(encode(request, transaction_id, step), fds)
-            awaiting = (transaction_id, TransactionStep.FIRST_REPLY)
-            _, reply, reply_fds = await self._receive((reply_type,), awaiting, timeout)
+            deadline = self._deadline(timeout)
+            frame = await self._send(request, fds, self.state.begin_transaction, deadline)
+            awaiting = (frame.transaction_id, TransactionStep.FIRST_REPLY)
+            _, reply, reply_fds = await self._receive((reply_type,), awaiting, deadline)
             assert isinstance(reply, reply_type)
             return reply, reply_fds
 
@@ -138,22 +162,21 @@ class GuestLink:
         self, expected: tuple[type[Message], ...], timeout: float | None = None
     ) -> tuple[Message, list[int]]:
         """The next message outside any transaction (it must be one of *expected*)."""
-        _, message, fds = await self._receive(expected, None, timeout)
+        _, message, fds = await self._receive(expected, None, self._deadline(timeout))
         return message, fds
 
     async def receive_with_header(
         self, expected: tuple[type[Message], ...], timeout: float | None = None
     ) -> tuple[MessageHeader, Message, list[int]]:
         """As `receive`, with the header a reply needs."""
-        return await self._receive(expected, None, timeout)
+        return await self._receive(expected, None, self._deadline(timeout))
 
     async def _receive(
         self,
         expected: tuple[type[Message], ...],
         awaiting: tuple[int, int] | None,
-        timeout: float | None,
+        deadline: float,
     ) -> tuple[MessageHeader, Message, list[int]]:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         what = ", ".join(t.__name__ for t in expected)
         while True:
             frame = await self._next_frame(deadline)
