@@ -17,13 +17,22 @@ import subprocess
 
 
 class FdWatch:
-    """Readiness of one descriptor, awaited by any number of coroutines."""
+    """Readiness of one descriptor, awaited by any number of coroutines at once.
+
+    asyncio keeps one reader (and one writer) per descriptor, and a second add_reader
+    silently replaces the first: so the watch registers once per direction, for all its
+    waiters, and wakes every one of them when the descriptor is ready.
+    """
 
     def __init__(self, fd: int, closed_error: type[Exception] = ConnectionAbortedError) -> None:
         self.fd = fd
         self._closed_error = closed_error
-        self._waits: dict[asyncio.Future[None], bool] = {}  # future -> writing?
+        self._waiters: dict[bool, set[asyncio.Future[None]]] = {False: set(), True: set()}
         self.closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._waiters[False])} reading"
+        return f"<FdWatch fd={self.fd} {state}, {len(self._waiters[True])} writing>"
 
     async def wait(self, writing: bool = False, timeout: float | None = None) -> None:
         """Until the descriptor is readable (or writable). TimeoutError after *timeout*
@@ -31,19 +40,31 @@ class FdWatch:
         if self.closed:
             raise self._closed_error(f"fd {self.fd} is closed")
         loop = asyncio.get_running_loop()
+        waiters = self._waiters[writing]
+        if not waiters:
+            (loop.add_writer if writing else loop.add_reader)(self.fd, self._ready, writing)
         future: asyncio.Future[None] = loop.create_future()
-
-        def ready() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        (loop.add_writer if writing else loop.add_reader)(self.fd, ready)
-        self._waits[future] = writing
+        waiters.add(future)
         try:
             await asyncio.wait_for(future, timeout)
         finally:
-            if self._waits.pop(future, None) is not None:  # else close() unregistered it
-                (loop.remove_writer if writing else loop.remove_reader)(self.fd)
+            if future in waiters:  # timed out or cancelled: the others may still wait
+                waiters.discard(future)
+                if not waiters:
+                    self._unregister(writing)
+
+    def _ready(self, writing: bool) -> None:
+        waiters = self._waiters[writing]
+        ready = list(waiters)
+        waiters.clear()
+        self._unregister(writing)  # the next wait registers again
+        for future in ready:
+            if not future.done():
+                future.set_result(None)
+
+    def _unregister(self, writing: bool) -> None:
+        loop = asyncio.get_running_loop()
+        (loop.remove_writer if writing else loop.remove_reader)(self.fd)
 
     def close(self) -> None:
         """Unregister the descriptor and fail every pending wait. Idempotent; call it
@@ -51,14 +72,14 @@ class FdWatch:
         if self.closed:
             return
         self.closed = True
-        if self._waits:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self.fd)
-            loop.remove_writer(self.fd)
-            for future in self._waits:
+        for writing, waiters in self._waiters.items():
+            if not waiters:
+                continue
+            self._unregister(writing)
+            for future in waiters:
                 if not future.done():
                     future.set_exception(self._closed_error(f"fd {self.fd} was closed"))
-            self._waits.clear()
+            waiters.clear()
 
 
 async def wait_readable(fd: int, timeout: float | None) -> None:

@@ -13,7 +13,7 @@ import concurrent.futures
 import subprocess
 from collections.abc import Callable
 
-from lxss.aio import wait_readable
+from lxss.aio import kill_and_reap, wait_readable
 from lxss.linux.cgroup import Cgroup
 from lxss.linux.subids import Mapping
 from lxss.linux.userns import PendingHelper
@@ -35,11 +35,12 @@ async def start_in(
 ) -> subprocess.Popen[bytes]:
     """Put the helper *pending* (from `spawn_mapped`) in *group*, wait up to *timeout*
     for it to enter its user namespace, and map it. On any failure it is killed and
-    reaped before the error propagates."""
+    reaped (by pidfd: no wait blocks the loop) before the error propagates."""
     try:
         group.add(pending.proc.pid)
         await wait_readable(pending.fileno(), timeout)
+        return pending.map_ready(mapping)
     except BaseException:
-        pending.abort()
+        pending.close()
+        await kill_and_reap(pending.proc)
         raise
-    return pending.finish(mapping, timeout=1.0)  # finish() aborts on failure itself

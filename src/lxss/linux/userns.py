@@ -113,6 +113,24 @@ class PendingHelper:
             self._close()
         return self.proc
 
+    def map_ready(self, mapping: Mapping) -> subprocess.Popen[bytes]:
+        """`finish` for a caller that has seen `fileno()` readable: reads the helper's word
+        and maps it, never waiting. On failure (the helper ended instead: ChildProcessError)
+        the helper is left for the caller to kill and reap, as an event loop must (see
+        lxss.linux.confine.start_in), and this object's descriptors are closed."""
+        try:
+            if os.read(self._ready_fd, 1) != READY:
+                raise ChildProcessError("the helper exited before entering its namespace")
+            write_id_maps(self.proc.pid, mapping)
+            os.write(self._go_fd, MAPPED)
+        finally:
+            self._close()
+        return self.proc
+
+    def close(self) -> None:
+        """Close the handshake's descriptors (idempotent); the helper is the caller's."""
+        self._close()
+
     def abort(self) -> None:
         self._close()
         if self.proc.poll() is None:
